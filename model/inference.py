@@ -1,0 +1,110 @@
+"""Inference: warm the latent state on a prefix, greedy generation, and scoring (perplexity).
+
+Scoring reads a text in chunks and carries the state between them, so memory stays constant in the text's
+length: only one chunk's (chunk × V) logits exist at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from model.cells import State
+from model.lm import RNNLM
+
+__all__ = ["Score", "generate", "score", "warm"]
+
+DEFAULT_CHUNK = 4096
+
+
+def _as_batch(ids: Tensor, model: RNNLM) -> Tensor:
+    return ids.to(model.device).reshape(1, -1)  # (1, T)
+
+
+@torch.inference_mode()
+def warm(
+    model: RNNLM, ids: Tensor, state: State | None = None, chunk_size: int = DEFAULT_CHUNK
+) -> tuple[State, Tensor | None]:
+    """Read ``ids`` (1-D) from ``state`` (zeros when None): the state after the last id, and the logits (V,)
+    that state gives for the next token (None when ``ids`` is empty)."""
+    if state is None:
+        state = model.init_state(1)
+    logits = None
+    for chunk in ids.split(chunk_size) if ids.numel() else ():
+        out, state = model(_as_batch(chunk, model), state)  # (1, t, V)
+        logits = out[0, -1]
+    return state, logits
+
+
+@torch.inference_mode()
+def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int) -> tuple[list[int], State]:
+    """Greedy prediction: take the argmax of ``next_logits`` (never ``<unk>``, id 0), read it, repeat.
+
+    ``state``/``next_logits`` come from :func:`warm`. Returns the generated ids and the state after reading
+    them; with ``num_tokens == 0`` nothing is generated and ``state`` comes back as it was.
+    """
+    out: list[int] = []
+    logits = next_logits.reshape(1, -1)  # (1, V)
+    for _ in range(num_tokens):
+        token = logits[:, 1:].argmax(dim=-1, keepdim=True) + 1  # skip <unk>: (1, 1)
+        out.append(int(token))
+        step_logits, state = model(token, state)  # (1, 1, V)
+        logits = step_logits[:, 0]
+    return out, state
+
+
+@dataclass
+class Score:
+    nll: float  # mean negative log-likelihood, nats per scored token
+    num_scored: int
+    token_logprobs: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nll / math.log(2)
+
+
+@torch.inference_mode()
+def score(
+    model: RNNLM,
+    ids: Tensor,
+    context_ids: Tensor | None = None,
+    *,
+    return_logprobs: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Score:
+    """Log-likelihood of ``ids`` (1-D). From a zero state the first token only warms the state, so tokens
+    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored."""
+    ids = ids.reshape(-1)
+    if context_ids is not None and context_ids.numel() > 0:
+        context_ids = context_ids.reshape(-1)
+        state, _ = warm(model, context_ids[:-1], chunk_size=chunk_size)
+        stream = torch.cat([context_ids[-1:], ids])
+    else:
+        state = model.init_state(1)
+        stream = ids
+    num_scored = stream.numel() - 1
+    if num_scored < 1:
+        raise ValueError("nothing to score: the text needs at least 2 characters, or 1 after a context")
+    total = torch.zeros((), dtype=torch.float64)
+    logprobs: list[Tensor] = []
+    for start in range(0, num_scored, chunk_size):
+        inputs = stream[start : start + chunk_size]
+        targets = stream[start + 1 : start + 1 + chunk_size].to(model.device)
+        logits, state = model(_as_batch(inputs[: targets.numel()], model), state)  # (1, t, V)
+        lp = torch.log_softmax(logits[0].float(), dim=-1).gather(1, targets[:, None]).squeeze(1)  # (t,)
+        total += lp.double().sum().cpu()
+        if return_logprobs:
+            logprobs.append(lp.cpu())
+    return Score(
+        nll=float(-total / num_scored),
+        num_scored=num_scored,
+        token_logprobs=torch.cat(logprobs).tolist() if return_logprobs else None,
+    )

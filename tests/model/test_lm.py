@@ -1,0 +1,114 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import LMConfig, RNNLM
+from tests.model.torch_reference import TorchReference, notebook_rnn_logits
+
+CELLS = ["rnn", "gru", "lstm"]
+
+
+def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0) -> RNNLM:
+    torch.manual_seed(seed)
+    return RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_logits_and_final_state_match_torch_nn(cell, layers):
+    model = make_model(cell, layers)
+    reference = TorchReference(model)
+    tokens = torch.randint(0, 11, (3, 9))
+    logits, state = model(tokens)
+    ref_logits, ref_state = reference(tokens)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert len(state) == len(ref_state)
+    for ours, theirs in zip(state, ref_state):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_logits_match_torch_nn_from_a_given_state(cell, layers):
+    model = make_model(cell, layers)
+    reference = TorchReference(model)
+    tokens = torch.randint(0, 11, (2, 5))
+    state = tuple(torch.randn_like(s) for s in model.init_state(2))
+    logits, final = model(tokens, state)
+    ref_logits, ref_final = reference(tokens, state)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(final, ref_final):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_match_torch_nn(cell, layers):
+    model = make_model(cell, layers)
+    reference = TorchReference(model)
+    tokens = torch.randint(0, 11, (4, 12))
+    targets = torch.randint(0, 11, (4, 12))
+    state = tuple(torch.randn_like(s).requires_grad_() for s in model.init_state(4))
+    ref_state = tuple(s.detach().clone().requires_grad_() for s in state)
+
+    logits, final = model(tokens, state)
+    loss = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)) + sum(f.sum() for f in final)
+    loss.backward()
+    ref_logits, ref_final = reference(tokens, ref_state)
+    ref_loss = F.cross_entropy(ref_logits.reshape(-1, 11), targets.reshape(-1)) + sum(f.sum() for f in ref_final)
+    ref_loss.backward()
+
+    expected = reference.grads_as_model(model)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    for ours, theirs in zip(state, ref_state):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
+    from model.recurrence import tanh_recurrence
+
+    torch.manual_seed(0)
+    xw = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 4, dtype=torch.float64)).requires_grad_()
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tanh_recurrence, (xw, w_hh, h0))
+
+
+def test_notebook_formulation_gives_the_same_logits_as_the_fast_path():
+    model = make_model("rnn", 1, vocab=13, hidden=24)
+    tokens = torch.randint(0, 13, (5, 17))
+    logits, _ = model(tokens)
+    torch.testing.assert_close(logits, notebook_rnn_logits(model, tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_init_state_is_zeros_per_layer_and_two_tensors_for_lstm():
+    model = make_model("lstm", 3, hidden=8)
+    h, c = model.init_state(5)
+    assert h.shape == c.shape == (3, 5, 8)
+    assert not h.any() and not c.any()
+    (h,) = make_model("gru", 2, hidden=8).init_state(4)
+    assert h.shape == (2, 4, 8)
+
+
+def test_parameters_are_named_after_the_math():
+    names = set(dict(make_model("rnn", 2).named_parameters()))
+    assert names == {"layers.0.w_xh", "layers.0.w_hh", "layers.0.b_h",
+                     "layers.1.w_xh", "layers.1.w_hh", "layers.1.b_h", "w_y", "b_y"}
+
+
+def test_splitting_a_sequence_and_carrying_the_state_equals_one_pass():
+    model = make_model("gru", 2)
+    tokens = torch.randint(0, 11, (2, 20))
+    whole, final = model(tokens)
+    first, state = model(tokens[:, :7])
+    second, final2 = model(tokens[:, 7:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(final2[0], final[0], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=-1),
+                                 dict(vocab_size=1), dict(dropout=1.0), dict(hidden_size=2.5)])
+def test_config_rejects_invalid_values(bad):
+    with pytest.raises(ValueError):
+        LMConfig(**bad)
