@@ -14,8 +14,9 @@ from torch import Tensor
 
 from model.cells import State
 from model.lm import RNNLM
+from model.sampling import Sampler
 
-__all__ = ["Score", "generate", "score", "warm"]
+__all__ = ["Score", "generate", "iter_tokens", "score", "warm"]
 
 DEFAULT_CHUNK = 4096
 
@@ -56,11 +57,26 @@ def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int) -
     return out, state
 
 
+def iter_tokens(model: RNNLM, state: State, next_logits: Tensor, sampler: Sampler = Sampler()):
+    """Yield ``(token_id, log_probs)`` without end: the chosen token and the model's log-probabilities (V,)
+    at that position (temperature 1, as completion APIs report them). Stop iterating to stop generating."""
+    generator = sampler.generator()
+    logits = next_logits.reshape(-1)
+    while True:
+        token = sampler.choose(logits, generator)
+        yield token, torch.log_softmax(logits.float(), dim=-1)
+        with torch.inference_mode():
+            step_logits, state = model(torch.tensor([[token]], device=model.device), state)  # (1, 1, V)
+        logits = step_logits[0, 0]
+
+
 @dataclass
 class Score:
     nll: float  # mean negative log-likelihood, nats per scored token
     num_scored: int
     token_logprobs: list[float] | None = field(default=None, repr=False)
+    top_ids: list[list[int]] | None = field(default=None, repr=False)  # per scored token, most likely first
+    top_logprobs: list[list[float]] | None = field(default=None, repr=False)
 
     @property
     def perplexity(self) -> float:
@@ -78,10 +94,12 @@ def score(
     context_ids: Tensor | None = None,
     *,
     return_logprobs: bool = False,
+    top_k: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Score:
     """Log-likelihood of ``ids`` (1-D). From a zero state the first token only warms the state, so tokens
-    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored."""
+    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored.
+    With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at each scored position."""
     ids = ids.reshape(-1)
     if context_ids is not None and context_ids.numel() > 0:
         context_ids = context_ids.reshape(-1)
@@ -95,16 +113,25 @@ def score(
         raise ValueError("nothing to score: the text needs at least 2 characters, or 1 after a context")
     total = torch.zeros((), dtype=torch.float64)
     logprobs: list[Tensor] = []
+    top_values: list[Tensor] = []
+    top_indices: list[Tensor] = []
     for start in range(0, num_scored, chunk_size):
         inputs = stream[start : start + chunk_size]
         targets = stream[start + 1 : start + 1 + chunk_size].to(model.device)
         logits, state = model(_as_batch(inputs[: targets.numel()], model), state)  # (1, t, V)
-        lp = torch.log_softmax(logits[0].float(), dim=-1).gather(1, targets[:, None]).squeeze(1)  # (t,)
+        log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (t, V)
+        lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
         total += lp.double().sum().cpu()
         if return_logprobs:
             logprobs.append(lp.cpu())
+        if top_k:
+            values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
+            top_values.append(values.cpu())
+            top_indices.append(indices.cpu())
     return Score(
         nll=float(-total / num_scored),
         num_scored=num_scored,
         token_logprobs=torch.cat(logprobs).tolist() if return_logprobs else None,
+        top_ids=torch.cat(top_indices).tolist() if top_k else None,
+        top_logprobs=torch.cat(top_values).tolist() if top_k else None,
     )

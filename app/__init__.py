@@ -1,0 +1,1 @@
+"""rnnlm's HTTP service (FastAPI). Imports the model package; the model package never imports this."""

@@ -1,0 +1,40 @@
+"""``rnnlm-serve`` / ``python -m app``: check the weight file, then run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from app.settings import Settings
+from model import WeightsError, load_weights
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(prog="rnnlm-serve", description="Serve an rnnlm weight file over HTTP. "
+                                     "Every option can also be set from the environment (RNNLM_HOST, …).")
+    parser.add_argument("--host", default=defaults.host, help=f"bind address (default: {defaults.host})")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port})")
+    parser.add_argument("--weights", default=str(defaults.weights), help=f"weight file (default: {defaults.weights})")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="uvicorn worker processes")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+
+    try:  # fail fast, in one line, before any worker starts
+        load_weights(args.weights)
+    except WeightsError as e:
+        print(f"rnnlm-serve: error: {e}", file=sys.stderr)
+        return 2
+    os.environ["RNNLM_WEIGHTS"] = args.weights  # the app (and every worker) reads its settings from here
+    uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

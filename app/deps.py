@@ -1,0 +1,22 @@
+"""Request dependencies: the loaded engine (503 until it is) and the app's metrics."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from app.engine import Engine
+from app.errors import ApiError
+from app.metrics import Metrics
+
+__all__ = ["get_engine", "get_metrics"]
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ApiError(503, "the model is not loaded yet", headers={"Retry-After": "1"})
+    return engine
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics

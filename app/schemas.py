@@ -1,0 +1,145 @@
+"""Request and response bodies. Unknown fields are refused (422); numbers must be finite.
+
+Length limits that operators configure (``RNNLM_MAX_*``) are enforced by the engine and listed at /info.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "CompletionChoice", "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "ErrorBody", "ModelCard",
+    "ModelList", "PerplexityRequest", "PerplexityResponse", "PredictRequest", "PredictResponse", "Usage",
+]
+
+
+def _whole_float_to_int(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(**bounds):  # noqa: N802 - used as a type
+    """An integer with bounds. JSON Schema counts 3.0 as an integer; strict mode would refuse it (and refuses
+    "3", as it should)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole_float_to_int)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SamplingFields(Request):
+    top_k: Int(ge=0) = Field(0, description="sample only from the k most likely characters (0: no limit)")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False,
+                         description="nucleus sampling: the smallest set of characters whose probability reaches top_p")
+    seed: Int(ge=0, le=2**53) | None = Field(None, description="makes sampling (temperature > 0) repeatable")
+
+
+class PredictRequest(SamplingFields):
+    prefix: str = Field(..., min_length=1, description="text that warms the latent state; generation continues it",
+                        examples=["ROMEO:\nBut soft"])
+    num_tokens: Int(ge=0) | None = Field(None, description="characters to generate (0: warm only); at most the "
+                                   "server's max_num_tokens (see /info); default 100, or that limit if lower",
+                                   examples=[100])
+    temperature: float = Field(0.0, ge=0, le=100, allow_inf_nan=False,
+                               description="0: greedy (always the most likely character); higher: more random")
+    stop: list[str] = Field(default_factory=list, description="stop before the first occurrence of any of these")
+    stream: bool = Field(False, description="send text/event-stream: one event per character, then the result")
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"prefix": "ROMEO:\nBut soft", "num_tokens": 100}]})
+
+
+class PredictResponse(BaseModel):
+    prefix: str
+    completion: str = Field(description="the generated text (without the prefix)")
+    num_tokens: int = Field(description="characters generated")
+    finish_reason: Literal["length", "stop"]
+    unknown_chars: int = Field(description="characters of the prefix outside the model's vocabulary")
+
+
+class PerplexityRequest(Request):
+    text: str = Field(..., min_length=1, description="text to score", examples=["To be, or not to be"])
+    context: str | None = Field(None, description="text read before `text` only to warm the state; not scored")
+    token_logprobs: bool = Field(False, description="also return each scored character and its log-probability")
+
+
+class PerplexityResponse(BaseModel):
+    perplexity: float = Field(description="exp(nll)")
+    nll: float = Field(description="mean negative log-likelihood, nats per scored character")
+    bits_per_char: float
+    num_scored: int = Field(description="characters scored: len(text) - 1, or len(text) after a context")
+    unknown_chars: int = Field(description="characters of text and context outside the vocabulary")
+    tokens: list[str] | None = None
+    token_logprobs: list[float] | None = None
+
+
+class CompletionRequest(SamplingFields):
+    model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
+    prompt: str = Field(..., description="text to continue", examples=["ROMEO:"])
+    max_tokens: Int(ge=0) = Field(16, description="characters to generate; at most max_num_tokens")
+    temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0: greedy")
+    stop: str | list[str] | None = None
+    stream: bool = False
+    logprobs: Int(ge=0, le=20) | None = Field(None, description="return log-probabilities of the chosen "
+                                 "characters and this many most likely alternatives")
+    echo: bool = Field(False, description="return the prompt before the completion (with its log-probabilities)")
+    n: Int(ge=1, le=16) = Field(1, description="completions per prompt")
+    user: str | None = None
+    frequency_penalty: float = Field(0.0, ge=0, le=0, description="accepted for compatibility; only 0")
+    presence_penalty: float = Field(0.0, ge=0, le=0, description="accepted for compatibility; only 0")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this body."""
+
+    error: ErrorDetail
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["length", "stop"] | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rnnlm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

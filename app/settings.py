@@ -1,0 +1,36 @@
+"""Every setting of the service, read from the environment with the prefix ``RNNLM_`` (one class)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+DEFAULT_WEIGHTS = Path("weights/rnn.safetensors")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNNLM_", extra="ignore")
+
+    weights: Path = Field(DEFAULT_WEIGHTS, description="weight file to serve")
+    device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1, …")
+    api_key: SecretStr | None = Field(None, description="when set, every route but /health and /ready needs it")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
+    max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
+    max_stop_sequences: int = Field(8, ge=0)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def model_id(self) -> str:
+        return self.weights.stem

@@ -1,0 +1,66 @@
+"""Choosing the next token from the model's scores: greedy (temperature 0) or sampled with top-k / top-p.
+
+``<unk>`` (id 0) is never chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MIN_TEMPERATURE", "Sampler"]
+
+# Below this, sampling is indistinguishable from argmax and float32 division would overflow: treat as greedy.
+MIN_TEMPERATURE = 1e-4
+
+
+@dataclass(frozen=True)
+class Sampler:
+    temperature: float = 0.0  # 0: greedy (argmax)
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0  # nucleus: keep the most likely tokens whose probabilities sum to top_p
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError("temperature must be a finite number ≥ 0")
+        if self.top_k < 0:
+            raise ValueError("top_k must be ≥ 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_TEMPERATURE
+
+    def generator(self) -> torch.Generator | None:
+        if self.greedy:
+            return None
+        gen = torch.Generator()
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(self.seed)
+        return gen
+
+    def choose(self, logits: Tensor, generator: torch.Generator | None = None) -> int:
+        """The next token id for scores ``logits`` (V,)."""
+        scores = logits.detach().float().cpu().clone()
+        scores[0] = -math.inf  # never <unk>
+        if self.greedy:
+            return int(scores.argmax())
+        scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
+        if self.top_k and self.top_k < scores.numel():
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores[scores < kth] = -math.inf
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= self.top_p  # keep the first over top_p
+            drop[0] = False  # the most likely token always stays (top_p may round to 0 in float32)
+            scores[order[drop]] = -math.inf
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,78 @@
+"""End to end: the real server (``python -m app``, as ``rnnlm-serve`` runs it) on a free 127.0.0.1 port."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.app.test_perplexity import independent_nll
+from tests.app.test_predict import library_greedy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(weights_file, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "server.log", "w+b")
+    env = {**os.environ, "RNNLM_MAX_NUM_TOKENS": "500"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port),
+                             "--weights", weights_file, "--log-level", "warning"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready in 30 s"
+        time.sleep(0.1)
+    yield base, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    log.close()
+
+
+def test_real_server_serves_predict_and_perplexity_over_tcp(server, loaded):
+    base, proc = server
+    with httpx.Client(base_url=base, timeout=10) as http:
+        r = http.post("/predict", json={"prefix": "First Citizen:\n", "num_tokens": 50})
+        assert r.status_code == 200
+        assert r.json()["completion"] == library_greedy(loaded, "First Citizen:\n", 50)
+        r = http.post("/perplexity", json={"text": "hear me speak."})
+        assert r.json()["nll"] == pytest.approx(independent_nll(loaded, "hear me speak."), rel=1e-5)
+        assert http.get("/info").json()["limits"]["max_num_tokens"] == 500  # settings from the environment
+        with http.stream("POST", "/predict", json={"prefix": "All:", "num_tokens": 5, "stream": True}) as s:
+            assert s.read().decode().count("event: token") == 5
+
+
+def test_real_server_shuts_down_cleanly_on_sigterm(server):
+    _, proc = server
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn finishes the graceful shutdown, then re-raises the signal it caught (so -SIGTERM is clean too)
+    assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("content, problem", [(None, "file not found"), (b"garbage" * 20, "not a safetensors file")])
+def test_start_up_with_a_bad_weight_file_exits_non_zero_with_one_line(tmp_path, content, problem):
+    path = tmp_path / "bad.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "app", "--port", str(free_port()), "--weights", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and problem in lines[0] and str(path) in lines[0]

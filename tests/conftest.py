@@ -1,0 +1,61 @@
+"""Shared fixtures: a small model saved to a weight file, settings that point at it, and an app client."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from model import LMConfig, RNNLM, Vocab, load_weights, save_weights
+
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
+
+
+def make_weights_file(path) -> str:
+    """A small random-weight tanh RNN over the characters of CORPUS (sharpened, so greedy text varies)."""
+    torch.manual_seed(0)
+    vocab = Vocab.from_corpus(CORPUS)
+    model = RNNLM(LMConfig(cell="rnn", vocab_size=len(vocab), hidden_size=32, num_layers=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    save_weights(path, model, vocab, {"corpus": [{"name": "inline"}], "note": "test model"})
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> str:
+    return make_weights_file(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def loaded(weights_file):
+    return load_weights(weights_file)
+
+
+@pytest.fixture
+def settings(weights_file) -> Settings:
+    return Settings(weights=weights_file, max_num_tokens=300, max_text_chars=5000, max_body_bytes=20_000)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def assert_error(response, status: int, param: str | None = "<any>") -> dict:
+    """The project's error body, with the given status (and parameter, when one is named)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == status
+    assert isinstance(error["message"], str) and error["message"]
+    assert "Traceback" not in response.text
+    if param != "<any>":
+        assert error["param"] == param
+    return error
