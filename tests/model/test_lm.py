@@ -66,6 +66,7 @@ def test_gradients_match_torch_nn(cell, layers):
 
 
 def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
+    """Finite differences as the oracle for the hand-written BPTT."""
     from model.recurrence import tanh_recurrence
 
     torch.manual_seed(0)
