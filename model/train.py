@@ -317,11 +317,14 @@ class _Stop:
 
     def __init__(self):
         self.signum: int | None = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -377,6 +380,7 @@ def train(args: argparse.Namespace) -> int:
         else:
             epoch += 1
     bar.close()
+    stop.restore()
     if main_rank:
         run.save_checkpoint()
         if stop.signum is not None:

@@ -1,0 +1,133 @@
+"""The trainer, run as its users run it: through ``main`` (in process) or the command line (subprocess)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from model import load_weights, score
+from model.train import main
+
+REPETITIVE = "the cat sat on the mat. " * 400
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(REPETITIVE)
+    return path
+
+
+def train(tmp_path, corpus, name, *extra):
+    out = tmp_path / name / "m.safetensors"
+    args = ["--corpus", str(corpus), "--out", str(out), "--hidden", "32", "--time-step", "16", "--batch-size", "8",
+            "--eval-every", "1000", "--sample-chars", "10", *extra]
+    assert main(args) == 0
+    return out
+
+
+def test_a_small_repetitive_corpus_trains_to_perplexity_below_1_2(tmp_path, corpus):
+    out = train(tmp_path, corpus, "run", "--epochs", "8", "--lr", "0.01")
+    loaded = load_weights(out)
+    text = REPETITIVE[-2000:]  # the validation tail
+    assert score(loaded.model, loaded.vocab.encode(text)).perplexity < 1.2
+    meta = loaded.training
+    assert meta["corpus"][0]["name"] == "corpus.txt" and len(meta["corpus"][0]["sha256"]) == 64
+    assert meta["val_ppl"] < 1.2 and meta["steps"] > 0 and meta["tokens_seen"] == meta["steps"] * 8 * 16
+    assert meta["split"]["val_fraction"] == 0.1
+    assert (out.parent / "m.metrics.jsonl").exists() and (out.parent / "m.ckpt").exists()
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_stopping_and_resuming_gives_the_same_weights_as_training_straight(tmp_path, corpus, sampling):
+    common = ["--epochs", "3", "--dropout", "0.2", "--layers", "2", "--cell", "gru", "--sampling", sampling]
+    straight = train(tmp_path, corpus, "straight", *common, "--max-steps", "40")
+    partial = train(tmp_path, corpus, "partial", *common, "--max-steps", "17")
+    assert main(["--resume", str(partial.with_suffix(".ckpt")), "--max-steps", "40"]) == 0
+    a = torch.load(straight.with_suffix(".ckpt"), weights_only=True)
+    b = torch.load(partial.with_suffix(".ckpt"), weights_only=True)
+    assert a["step"] == b["step"] == 40
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corpus):
+    common = ["--corpus", str(corpus), "--hidden", "16", "--time-step", "8", "--batch-size", "8", "--max-steps", "1",
+              "--optimizer", "sgd", "--lr", "0.5", "--lr-schedule", "constant", "--sample-chars", "0"]
+    single = tmp_path / "single" / "m.safetensors"
+    assert main([*common, "--out", str(single)]) == 0
+    double = tmp_path / "ddp" / "m.safetensors"
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "model.train", *common,
+                           "--out", str(double), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_weights(single), load_weights(double)
+    assert b.training["processes"] == 2
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_sigint_saves_a_loadable_checkpoint_and_exits(tmp_path, corpus):
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "model.train", "--corpus", str(corpus), "--out", str(out),
+                             "--hidden", "64", "--time-step", "16", "--batch-size", "4", "--epochs", "1000",
+                             "--eval-every", "5", "--sample-chars", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr
+    assert "--resume" in stdout
+    ckpt = torch.load(out.with_suffix(".ckpt"), weights_only=True)
+    assert ckpt["step"] >= 5
+    load_weights(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args, expected", [
+    (lambda d: ["--corpus", str(d / "missing.txt")], "file not found"),
+    (lambda d: ["--corpus", write(d / "empty.txt", b"")], "file is empty"),
+    (lambda d: ["--corpus", str(d)], "is a directory"),
+    (lambda d: ["--corpus", write(d / "latin1.txt", "café".encode("latin-1") * 100)], "not UTF-8"),
+    (lambda d: ["--corpus", write(d / "short.txt", b"tiny corpus")], "corpus too short"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--hidden", "0"], "--hidden"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--lr", "nan"], "--lr"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--batch-size", "many"], "--batch-size"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--dropout", "1.5"], "--dropout"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
+                "--out", str(d / "ok.txt" / "sub" / "m.safetensors")], "cannot write"),
+    (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
+    (lambda d: [], "--corpus is required"),
+], ids=["missing", "empty", "directory", "not-utf8", "too-short", "zero-hidden", "nan-lr", "text-batch",
+        "dropout-range", "unwritable-out", "bad-resume", "no-corpus"])
+def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, expected):
+    args = make_args(tmp_path) + ["--time-step", "16", "--batch-size", "8"] * ("--batch-size" not in make_args(tmp_path))
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "model.train", "--corpus", str(tmp_path / "nope.txt")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"rnnlm-train: error: corpus {tmp_path / 'nope.txt'}: file not found"
