@@ -141,7 +141,7 @@ class Run:
         corpus = read_corpus(args.corpus)
         text = corpus.text
         self.vocab = Vocab.from_json(resume["vocab"]) if resume else Vocab.from_corpus(text)
-        split = len(text) - int(len(text) * args.val_fraction)
+        split = int(len(text) * (1 - args.val_fraction))  # as nanoGPT: train = text[:int(n * 0.9)]
         self.train_ids = self.vocab.encode(text[:split])
         self.val_ids = self.vocab.encode(text[split:])
         self.corpus_files = corpus.files

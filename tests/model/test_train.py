@@ -40,6 +40,7 @@ def test_a_small_repetitive_corpus_trains_to_perplexity_below_1_2(tmp_path, corp
     assert meta["corpus"][0]["name"] == "corpus.txt" and len(meta["corpus"][0]["sha256"]) == 64
     assert meta["val_ppl"] < 1.2 and meta["steps"] > 0 and meta["tokens_seen"] == meta["steps"] * 8 * 16
     assert meta["split"]["val_fraction"] == 0.1
+    assert meta["split"]["train_chars"] == int(len(REPETITIVE) * 0.9)  # the tail 10 % is never trained on
     assert (out.parent / "m.metrics.jsonl").exists() and (out.parent / "m.ckpt").exists()
 
 
