@@ -13,7 +13,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from app.routes import openai, ops, perplexity, predict
+from app.routes import openai, ops, page, perplexity, predict
 from app.schemas import ErrorBody
 from app.settings import Settings
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     app.state.engine = None
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (predict, perplexity, openai, ops):
+    for module in (predict, perplexity, openai, ops, page):
         app.include_router(module.router)
     _document_limits(app, settings)
 

@@ -17,7 +17,7 @@ from app.metrics import Metrics
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware"]
 
-PUBLIC_PATHS = {"/health", "/ready"}
+PUBLIC_PATHS = {"/health", "/ready", "/"}  # "/" is the static page, which then asks for the key
 
 
 async def send_error(send: Send, status: int, message: str, headers: list | None = None) -> None:
@@ -29,7 +29,7 @@ async def send_error(send: Send, status: int, message: str, headers: list | None
 
 
 class ApiKeyMiddleware:
-    """When a key is configured, every request but OPTIONS and the public probes needs ``Bearer <key>``."""
+    """When a key is configured, every request but OPTIONS, the probes and the page needs ``Bearer <key>``."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, public_paths: set[str] = PUBLIC_PATHS):
         self.app = app

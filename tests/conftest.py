@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -59,3 +67,45 @@ def assert_error(response, status: int, param: str | None = "<any>") -> dict:
     if param != "<any>":
         assert error["param"] == param
     return error
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(weights: str, log_path, **env: str):
+    """``python -m app`` (what ``rnnlm-serve`` runs) on a free 127.0.0.1 port; returns (base URL, process) once
+    /ready answers 200 (at most 30 s)."""
+    port = free_port()
+    log = open(log_path, "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port),
+                             "--weights", weights, "--log-level", "warning"],
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, open(log_path).read()
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return base, proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready in 30 s"
+        time.sleep(0.1)
+
+
+def stop_server(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    proc.log.close()
+
+
+@pytest.fixture
+def server(weights_file, tmp_path):
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="500")
+    yield base, proc
+    stop_server(proc)

@@ -1,49 +1,15 @@
 """End to end: the real server (``python -m app``, as ``rnnlm-serve`` runs it) on a free 127.0.0.1 port."""
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from tests.app.test_perplexity import independent_nll
 from tests.app.test_predict import library_greedy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(weights_file, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+b")
-    env = {**os.environ, "RNNLM_MAX_NUM_TOKENS": "500"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port),
-                             "--weights", weights_file, "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready in 30 s"
-        time.sleep(0.1)
-    yield base, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-    log.close()
+from tests.conftest import free_port
 
 
 def test_real_server_serves_predict_and_perplexity_over_tcp(server, loaded):
