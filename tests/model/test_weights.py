@@ -39,6 +39,16 @@ def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
     assert load_weights(path).config.cell == "rnn"
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "m.safetensors"
+    old = os.umask(0o022)
+    try:
+        save_weights(path, make_model(), VOCAB)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a service running as another user
+
+
 def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     save_weights(path, make_model(), VOCAB)
