@@ -41,19 +41,21 @@ def warm(
 
 
 @torch.inference_mode()
-def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int) -> tuple[list[int], State]:
-    """Greedy prediction: take the argmax of ``next_logits`` (never ``<unk>``, id 0), read it, repeat.
+def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int,
+             sampler: Sampler = Sampler()) -> tuple[list[int], State]:
+    """Prediction: choose a token from ``next_logits`` (greedy by default: the argmax, never ``<unk>``), read
+    it, repeat ``num_tokens`` times.
 
     ``state``/``next_logits`` come from :func:`warm`. Returns the generated ids and the state after reading
     them; with ``num_tokens == 0`` nothing is generated and ``state`` comes back as it was.
     """
     out: list[int] = []
-    logits = next_logits.reshape(1, -1)  # (1, V)
+    generator = sampler.generator()
+    logits = next_logits.reshape(-1)  # (V,)
     for _ in range(num_tokens):
-        token = logits[:, 1:].argmax(dim=-1, keepdim=True) + 1  # skip <unk>: (1, 1)
-        out.append(int(token))
-        step_logits, state = model(token, state)  # (1, 1, V)
-        logits = step_logits[:, 0]
+        out.append(sampler.choose(logits, generator))
+        step_logits, state = model(torch.tensor([[out[-1]]], device=model.device), state)  # (1, 1, V)
+        logits = step_logits[0, 0]
     return out, state
 
 

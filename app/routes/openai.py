@@ -101,17 +101,8 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
             metrics.tokens_generated.inc(g.num_tokens)
             return [chunk("", g.finish_reason), event("[DONE]")]
 
-        response = stream_generation(generation, on_piece, on_end)
-        if body.echo:
-            original = response.body_iterator
-
-            async def with_prompt():
-                yield chunk(body.prompt, None, prompt_infos, 0)
-                async for part in original:
-                    yield part
-
-            response.body_iterator = with_prompt()
-        return response
+        first = [chunk(body.prompt, None, prompt_infos, 0)] if body.echo else []
+        return stream_generation(generation, on_piece, on_end, first)
 
     choices = []
     total = 0
