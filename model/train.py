@@ -54,6 +54,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
 def _finite_float(low: float, high: float, low_open: bool = False):
     def parse(text: str) -> float:
         try:
@@ -79,16 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn", help="recurrent cell (default: rnn)")
     p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H (default: 512)")
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers (default: 1)")
-    p.add_argument("--dropout", type=_finite_float(0.0, 0.95), default=0.0, help="dropout on layer outputs")
+    p.add_argument("--dropout", type=_finite_float(0.0, 0.95), default=0.0,
+                   help="dropout on every layer's outputs while training (default: 0)")
     p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T (default: 128)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global (default: 64)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="default: adam")
-    p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd (default: adam)")
+    p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3,
+                   help="peak learning rate (default: 0.002)")
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                    help="cosine: linear warm-up then cosine decay to --min-lr-ratio×lr over all --epochs")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default: 100)")
-    p.add_argument("--min-lr-ratio", type=_finite_float(0.0, 1.0), default=0.05)
-    p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0)
+    p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps (default: 100)")
+    p.add_argument("--min-lr-ratio", type=_finite_float(0.0, 1.0), default=0.05,
+                   help="cosine schedule: the final learning rate as a fraction of --lr (default: 0.05)")
+    p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0, help="L2 weight decay (default: 0)")
     p.add_argument("--clip", type=_finite_float(0.0, 1e6, low_open=True), default=1.0,
                    help="θ: if the global gradient norm exceeds θ, scale every gradient by θ/norm")
     p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split (default: 20)")
@@ -98,14 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tail of the corpus held out for validation (default: 0.1)")
     p.add_argument("--sampling", choices=["sequential", "random"], default="sequential",
                    help="sequential: carry each row's state across batches; random: fresh state per window")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the data order")
     p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when available, else CPU")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--eval-every", type=_positive_int, default=500, help="steps between evaluations")
     p.add_argument("--eval-chars", type=_positive_int, default=200_000,
                    help="at most this many validation characters per periodic evaluation (the final one uses all)")
-    p.add_argument("--sample-chars", type=int, default=120, help="greedy sample length shown at each evaluation")
+    p.add_argument("--sample-chars", type=_non_negative_int, default=120,
+                   help="greedy sample length shown at each evaluation")
     return p
 
 

@@ -132,3 +132,21 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rnnlm-train: error: corpus {tmp_path / 'nope.txt'}: file not found"
+
+
+def test_kill_9_at_any_moment_never_leaves_a_corrupt_weight_file_or_checkpoint(tmp_path, corpus):
+    out = tmp_path / "m.safetensors"
+    args = [sys.executable, "-m", "model.train", "--corpus", str(corpus), "--out", str(out), "--hidden", "48",
+            "--time-step", "16", "--batch-size", "4", "--epochs", "1000", "--eval-every", "2", "--sample-chars", "0"]
+    for attempt, delay in enumerate([0.3, 0.7, 0.45]):
+        extra = ["--resume", str(out.with_suffix(".ckpt"))] if attempt else []
+        proc = subprocess.Popen(args + extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not out.with_suffix(".ckpt").exists():  # writing files now, every second step
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait(timeout=30)
+        load_weights(out)
+        assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["step"] >= 2
