@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from model.cells import State
+from model.decode import StepDecoder
 from model.lm import RNNLM
 from model.sampling import Sampler
 
@@ -52,11 +53,11 @@ def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int,
     out: list[int] = []
     generator = sampler.generator()
     logits = next_logits.reshape(-1)  # (V,)
+    decoder = StepDecoder(model, state)
     for _ in range(num_tokens):
         out.append(sampler.choose(logits, generator))
-        step_logits, state = model(torch.tensor([[out[-1]]], device=model.device), state)  # (1, 1, V)
-        logits = step_logits[0, 0]
-    return out, state
+        logits = decoder.step(out[-1])
+    return out, decoder.state
 
 
 def iter_tokens(model: RNNLM, state: State, next_logits: Tensor, sampler: Sampler = Sampler()):
@@ -64,12 +65,11 @@ def iter_tokens(model: RNNLM, state: State, next_logits: Tensor, sampler: Sample
     at that position (temperature 1, as completion APIs report them). Stop iterating to stop generating."""
     generator = sampler.generator()
     logits = next_logits.reshape(-1)
+    decoder = StepDecoder(model, state)
     while True:
         token = sampler.choose(logits, generator)
         yield token, torch.log_softmax(logits.float(), dim=-1)
-        with torch.inference_mode():
-            step_logits, state = model(torch.tensor([[token]], device=model.device), state)  # (1, 1, V)
-        logits = step_logits[0, 0]
+        logits = decoder.step(token)
 
 
 @dataclass

@@ -48,10 +48,10 @@ class Sampler:
 
     def choose(self, logits: Tensor, generator: torch.Generator | None = None) -> int:
         """The next token id for scores ``logits`` (V,)."""
+        if self.greedy:
+            return int(logits[1:].argmax()) + 1  # never <unk> (id 0)
         scores = logits.detach().float().cpu().clone()
         scores[0] = -math.inf  # never <unk>
-        if self.greedy:
-            return int(scores.argmax())
         scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
         if self.top_k and self.top_k < scores.numel():
             kth = torch.topk(scores, self.top_k).values[-1]

@@ -140,3 +140,22 @@ def test_a_vocab_encodes_text_the_model_can_score():
     model = make_model(vocab=len(vocab))
     result = score(model, vocab.encode("to be or not"))
     assert result.num_scored == 11 and math.isfinite(result.nll)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_decoder_equals_the_model_forward_one_token_at_a_time(cell, layers):
+    from model.decode import StepDecoder
+
+    model = make_model(cell, layers=layers)
+    state = tuple(torch.randn_like(s) for s in model.init_state(1))
+    decoder = StepDecoder(model, state)
+    assert decoder.fast == (cell == "rnn")
+    reference = state
+    for token in [3, 1, 4, 1, 5, 9, 2, 6]:
+        logits = decoder.step(token).clone()
+        with torch.no_grad():
+            expected, reference = model(torch.tensor([[token]]), reference)
+        torch.testing.assert_close(logits, expected[0, 0], atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(decoder.state, reference):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
