@@ -102,10 +102,10 @@ class Engine:
         scanner = StopScanner(stops)
         tokens = iter_tokens(self.model, state, logits, sampler)
         for _ in range(num_tokens):
-            token, log_probs = next(tokens)
+            token, logits = next(tokens)
             char = self.vocab.tokens[token]
             if top_logprobs is not None:
-                generation.tokens.append(self._token_info(char, token, log_probs, top_logprobs))
+                generation.tokens.append(self._token_info(char, token, logits, top_logprobs))
             released = scanner.feed(char)
             generation.completion += released
             if released:
@@ -119,7 +119,10 @@ class Engine:
         if tail:
             yield tail
 
-    def _token_info(self, char: str, token: int, log_probs: torch.Tensor, k: int) -> TokenInfo:
+    def _token_info(self, char: str, token: int, logits: torch.Tensor, k: int) -> TokenInfo:
+        """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the
+        k most likely characters'."""
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
         top = None
         if k:
             values, indices = log_probs.topk(min(k, log_probs.numel()))

@@ -61,14 +61,14 @@ def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int,
 
 
 def iter_tokens(model: RNNLM, state: State, next_logits: Tensor, sampler: Sampler = Sampler()):
-    """Yield ``(token_id, log_probs)`` without end: the chosen token and the model's log-probabilities (V,)
-    at that position (temperature 1, as completion APIs report them). Stop iterating to stop generating."""
+    """Yield ``(token_id, logits)`` without end: the chosen token and the model's scores (V,) it was chosen
+    from (valid until the next token is requested). Stop iterating to stop generating."""
     generator = sampler.generator()
     logits = next_logits.reshape(-1)
     decoder = StepDecoder(model, state)
     while True:
         token = sampler.choose(logits, generator)
-        yield token, torch.log_softmax(logits.float(), dim=-1)
+        yield token, logits
         logits = decoder.step(token)
 
 
