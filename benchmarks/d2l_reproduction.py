@@ -5,7 +5,7 @@ characters at every offset, the first 10,000 for training and the next 5,000 for
 gradient clipping θ = 1, batch 1024, 100 epochs, every window from a zero state. d2l reports a validation
 perplexity of about 7.3. Prints the validation perplexity every 10 epochs.
 
-    python benchmarks/d2l_timemachine.py [--corpus ../shared/data/timemachine.txt] [--epochs 100] [--seeds 0 1 2]
+    python benchmarks/d2l_reproduction.py [--corpus ../shared/data/timemachine.txt] [--epochs 100] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
