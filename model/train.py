@@ -318,6 +318,13 @@ def _check_writable(directory: Path) -> None:
         raise TrainError(f"output directory {directory}: cannot write ({e.strerror})") from None
 
 
+def _remove_stale_temporaries(directory: Path, targets) -> None:
+    """Half-written files a killed run left behind (atomic writes never leave them in place of the real file)."""
+    for target in targets:
+        for stale in directory.glob(f".{target.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def _load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -356,6 +363,7 @@ def train(args: argparse.Namespace) -> int:
     main_rank = run.rank == 0
     if main_rank:
         _check_writable(run.out.parent)
+        _remove_stale_temporaries(run.out.parent, (run.out, run.ckpt_path, run.out.with_suffix(".png")))
     stop = _Stop()
     limit = run.total_steps if args.max_steps is None else min(args.max_steps, run.total_steps)
     if main_rank:

@@ -150,3 +150,6 @@ def test_kill_9_at_any_moment_never_leaves_a_corrupt_weight_file_or_checkpoint(t
         proc.wait(timeout=30)
         load_weights(out)
         assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["step"] >= 2
+    (tmp_path / ".m.safetensors.k9xyz.tmp").write_bytes(b"half a file")  # as a kill during a write leaves
+    assert main(["--resume", str(out.with_suffix(".ckpt")), "--max-steps", "1"]) == 0  # already past: just saves
+    assert not list(tmp_path.glob(".*.tmp")), "a new run clears what killed runs left half-written"
