@@ -81,11 +81,12 @@ class Engine:
         return stops
 
     # -- operations -----------------------------------------------------------------------------------------
-    def start_generation(self, prefix: str, num_tokens: int, sampler: Sampler, stops: list[str],
-                         top_logprobs: int | None = None, param_prefix: str = "prefix",
-                         param_tokens: str = "num_tokens") -> Generation:
-        """Check limits, warm the state on ``prefix`` (the slow part, done here), and return a generation that
-        produces up to ``num_tokens`` characters as it is iterated."""
+    def start_generations(self, prefix: str, num_tokens: int, samplers: list[Sampler], stops: list[str],
+                          top_logprobs: int | None = None, param_prefix: str = "prefix",
+                          param_tokens: str = "num_tokens") -> list[Generation]:
+        """Check limits, warm the state on ``prefix`` once (the slow part, done here), and return one generation
+        per sampler, each producing up to ``num_tokens`` characters as it is iterated (generations only read
+        the warmed state, so they can share it)."""
         if not prefix:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
@@ -93,9 +94,15 @@ class Engine:
         self.check_stops(stops)
         ids = self.vocab.encode(prefix)
         state, logits = warm(self.model, ids)
-        generation = Generation(pieces=iter(()), prefix=prefix, unknown_chars=int((ids == 0).sum()))
-        generation.pieces = self._pieces(generation, state, logits, num_tokens, sampler, stops, top_logprobs)
-        return generation
+        generations = []
+        for sampler in samplers:
+            generation = Generation(pieces=iter(()), prefix=prefix, unknown_chars=int((ids == 0).sum()))
+            generation.pieces = self._pieces(generation, state, logits, num_tokens, sampler, stops, top_logprobs)
+            generations.append(generation)
+        return generations
+
+    def start_generation(self, prefix: str, num_tokens: int, sampler: Sampler, stops: list[str]) -> Generation:
+        return self.start_generations(prefix, num_tokens, [sampler], stops)[0]
 
     def _pieces(self, generation: Generation, state, logits, num_tokens: int, sampler: Sampler,
                 stops: list[str], top_logprobs: int | None) -> Iterator[str]:

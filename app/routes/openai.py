@@ -71,18 +71,17 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
-    def start(i: int) -> Generation:
-        seed = None if body.seed is None else body.seed + i
-        sampler = Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=seed)
-        return engine.start_generation(body.prompt, body.max_tokens, sampler, stops, top_logprobs=k,
-                                       param_prefix="prompt", param_tokens="max_tokens")
+    samplers = [Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                        seed=None if body.seed is None else body.seed + i) for i in range(body.n)]
+    generations = await run_in_threadpool(engine.start_generations, body.prompt, body.max_tokens, samplers, stops,
+                                          k, "prompt", "max_tokens")
 
     prompt_infos = None
     if body.echo and k is not None:
         prompt_infos = await run_in_threadpool(_prompt_infos, engine, body.prompt, k)
 
     if body.stream:
-        generation = await run_in_threadpool(start, 0)
+        (generation,) = generations
         sent = 0
 
         def chunk(text: str, finish: str | None, infos=None, offset=0) -> str:
@@ -106,8 +105,8 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
 
     choices = []
     total = 0
-    for i in range(body.n):
-        generation = await run_in_threadpool(lambda: start(i).run())
+    for i, generation in enumerate(generations):
+        await run_in_threadpool(generation.run)
         total += generation.num_tokens
         choices.append(_choice(engine, body, generation, i, prompt_infos))
     metrics.tokens_generated.inc(total)
