@@ -93,10 +93,11 @@ class Engine:
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
         ids = self.vocab.encode(prefix)
+        unknown = int((ids == 0).sum())
         state, logits = warm(self.model, ids)
         generations = []
         for sampler in samplers:
-            generation = Generation(pieces=iter(()), prefix=prefix, unknown_chars=int((ids == 0).sum()))
+            generation = Generation(pieces=iter(()), prefix=prefix, unknown_chars=unknown)
             generation.pieces = self._pieces(generation, state, logits, num_tokens, sampler, stops, top_logprobs)
             generations.append(generation)
         return generations
@@ -136,7 +137,9 @@ class Engine:
             top = {self.vocab.tokens[i]: v for i, v in zip(indices.tolist(), values.tolist())}
         return TokenInfo(char, float(log_probs[token]), top)
 
-    def perplexity(self, text: str, context: str | None, return_logprobs: bool, top_k: int = 0) -> Score:
+    def perplexity(self, text: str, context: str | None, return_logprobs: bool,
+                   top_k: int = 0) -> tuple[Score, int]:
+        """The score of ``text`` (after ``context``) and how many characters of both are outside the vocab."""
         self.check_chars(text, "text")
         self.check_chars(context, "context")
         ids = self.vocab.encode(text)
@@ -144,10 +147,8 @@ class Engine:
         if ids.numel() + (0 if context_ids is None else 1) < 2:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
-        return score(self.model, ids, context_ids, return_logprobs=return_logprobs, top_k=top_k)
-
-    def unknown_chars(self, *texts: str | None) -> int:
-        return sum(self.vocab.count_unknown(t) for t in texts if t)
+        unknown = int((ids == 0).sum()) + (0 if context_ids is None else int((context_ids == 0).sum()))
+        return score(self.model, ids, context_ids, return_logprobs=return_logprobs, top_k=top_k), unknown
 
     def info(self) -> dict:
         cfg = self.model.config

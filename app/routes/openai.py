@@ -37,7 +37,7 @@ def _prompt_infos(engine: Engine, prompt: str, k: int) -> list[TokenInfo]:
     """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does)."""
     infos = [TokenInfo(prompt[0], None, None)]
     if len(prompt) > 1:
-        s = engine.perplexity(prompt, None, True, top_k=k)
+        s, _ = engine.perplexity(prompt, None, True, top_k=k)
         for i, char in enumerate(prompt[1:]):
             top = {engine.vocab.tokens[t]: v for t, v in zip(s.top_ids[i], s.top_logprobs[i])} if k else None
             infos.append(TokenInfo(char, s.token_logprobs[i], top))
