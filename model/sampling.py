@@ -58,8 +58,8 @@ class Sampler:
             scores[scores < kth] = -math.inf
         if self.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=True)
-            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= self.top_p  # keep the first over top_p
+            sorted_probs = torch.softmax(sorted_scores, dim=-1)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # keep the first token over top_p
             drop[0] = False  # the most likely token always stays (top_p may round to 0 in float32)
             scores[order[drop]] = -math.inf
         probs = torch.softmax(scores, dim=-1)
