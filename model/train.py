@@ -208,7 +208,7 @@ class Run:
         X, Y = X[rows].to(self.device), Y[rows].to(self.device)
         state = None
         if self.args.sampling == "sequential" and self.carried is not None:
-            state = tuple(s[:, rows].to(self.device) for s in self.carried)  # detached: BPTT stops at the batch
+            state = tuple(s[:, rows] for s in self.carried)  # detached: BPTT stops at the batch
         self.model.train()
         logits, final = self.ddp(X, state)  # (b, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1))
@@ -231,7 +231,7 @@ class Run:
                 torch_dist.all_gather(gathered, s.contiguous())
                 parts.append(torch.cat(gathered, dim=1))
             final = tuple(parts)
-        self.carried = tuple(s.cpu() for s in final)
+        self.carried = final  # stays on the device; moved to the CPU only when a checkpoint is written
 
     # -- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -280,7 +280,7 @@ class Run:
             "tokens_seen": self.tokens_seen,
             "wall_time": self.wall_time,
             "best_val": self.best_val,
-            "carried": list(self.carried) if self.carried is not None else None,
+            "carried": [s.cpu() for s in self.carried] if self.carried is not None else None,
         }
         atomic_write(self.ckpt_path, lambda tmp: torch.save(state, tmp))
 
@@ -293,7 +293,8 @@ class Run:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         self.step, self.tokens_seen = ckpt["step"], ckpt["tokens_seen"]
         self.wall_time, self.best_val = ckpt["wall_time"], ckpt["best_val"]
-        self.carried = tuple(ckpt["carried"]) if ckpt["carried"] is not None else None
+        if ckpt["carried"] is not None:
+            self.carried = tuple(s.to(self.device) for s in ckpt["carried"])
 
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
