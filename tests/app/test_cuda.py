@@ -1,0 +1,32 @@
+"""The service with its model on a CUDA device answers exactly as with the model on the CPU.
+Needs a CUDA device; on a CPU-only machine (CI) these are reported as skipped."""
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+REQUESTS = [
+    ("/predict", {"prefix": "First Citizen:\n", "num_tokens": 120}),
+    ("/predict", {"prefix": "Speak", "num_tokens": 40, "temperature": 1.0, "top_k": 10, "seed": 7}),
+    ("/perplexity", {"text": "Before we proceed any further, hear me speak.", "token_logprobs": True}),
+]
+
+
+def answers(settings) -> list[dict]:
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()
+        out = [client.post(path, json=body).json() for path, body in REQUESTS]
+    return [info] + out
+
+
+def test_cuda_service_answers_as_the_cpu_service(settings):
+    cpu_info, *cpu = answers(settings)
+    gpu_info, *gpu = answers(settings.model_copy(update={"device": "cuda"}))
+    assert gpu_info["device"].startswith("cuda") and cpu_info["device"] == "cpu"
+    assert gpu[0] == cpu[0] and gpu[1] == cpu[1]
+    assert gpu[2]["perplexity"] == pytest.approx(cpu[2]["perplexity"], rel=1e-5)
+    assert gpu[2]["token_logprobs"] == pytest.approx(cpu[2]["token_logprobs"], abs=1e-4)
