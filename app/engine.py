@@ -1,55 +1,30 @@
-"""The served model: request limits, then one call into the model package per operation.
+"""The served model: request limits, the prefix cache, and the way work reaches the model.
 
-Routes never touch tensors; they call an :class:`Engine` method (in a worker thread, so the event loop never
-blocks) and turn what it returns into a response.
+Routes never touch tensors; they await an :class:`Engine` method. With batching on (the default) every request
+becomes a job for the :class:`~app.scheduler.Scheduler` thread, which runs all of them together; with batching
+off each request runs alone in a worker thread (the comparison baseline). Either way the event loop never
+blocks on the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import asyncio
+from collections.abc import Callable, Generator
 
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError
+from app.generation import Decoding, Generation
+from app.prefix_cache import PrefixCache
+from app.scheduler import GenerationJob, QueueFull, Scheduler, TaskJob
 from app.settings import Settings
-from app.stops import StopScanner
-from model import LoadedWeights, Score, load_weights, score, warm
-from model.inference import iter_tokens
+from model import LoadedWeights, Score, load_weights
+from model.decode import StepDecoder
+from model.inference import drain, iter_score, iter_warm
 from model.sampling import Sampler
 
-__all__ = ["Engine", "Generation", "TokenInfo"]
-
-
-@dataclass
-class TokenInfo:
-    text: str
-    logprob: float | None  # None where nothing predicts the token (a prompt's first character)
-    top: dict[str, float] | None = None
-
-
-@dataclass
-class Generation:
-    """A running generation: iterate it for the released text pieces; afterwards read the totals."""
-
-    pieces: Iterator[str]
-    prefix: str
-    unknown_chars: int
-    completion: str = ""
-    finish_reason: str = "length"
-    tokens: list[TokenInfo] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[str]:
-        return self.pieces
-
-    def run(self) -> Generation:
-        for _ in self.pieces:
-            pass
-        return self
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.completion)
+__all__ = ["Engine", "Generation"]
 
 
 class Engine:
@@ -58,10 +33,21 @@ class Engine:
         self.settings = settings
         self.model = loaded.model
         self.vocab = loaded.vocab
+        self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
+                      if settings.prefix_cache_entries > 0 else None)
+        self.scheduler = None
+        if settings.batching:
+            self.scheduler = Scheduler(self.model, self.cache, settings.max_batch_size, settings.max_queue,
+                                       settings.flush_denormal)
+            self.scheduler.start()
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
         return cls(load_weights(settings.weights, device=settings.device), settings)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
 
     # -- limits ---------------------------------------------------------------------------------------------
     def check_chars(self, value: str | None, param: str) -> None:
@@ -80,13 +66,13 @@ class Engine:
             self.check_chars(s, param)
         return stops
 
-    # -- operations -----------------------------------------------------------------------------------------
-    def start_generations(self, prefix: str, num_tokens: int, samplers: list[Sampler], stops: list[str],
-                          top_logprobs: int | None = None, param_prefix: str = "prefix",
-                          param_tokens: str = "num_tokens") -> list[Generation]:
-        """Check limits, warm the state on ``prefix`` once (the slow part, done here), and return one generation
-        per sampler, each producing up to ``num_tokens`` characters as it is iterated (generations only read
-        the warmed state, so they can share it)."""
+    # -- generation -----------------------------------------------------------------------------------------
+    async def generate(self, prefix: str, num_tokens: int, samplers: list[Sampler], stops: list[str],
+                       top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
+                       param_tokens: str = "num_tokens") -> list[Generation]:
+        """Warm the state on ``prefix`` once and continue it once per sampler, up to ``num_tokens`` characters
+        each. Returns the finished generations; with ``stream`` at once, while they run (read
+        :meth:`Generation.stream`)."""
         if not prefix:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
@@ -94,52 +80,80 @@ class Engine:
         self.check_stops(stops)
         ids = self.vocab.encode(prefix)
         unknown = int((ids == 0).sum())
-        state, logits = warm(self.model, ids)
-        generations = []
-        for sampler in samplers:
-            generation = Generation(pieces=iter(()), prefix=prefix, unknown_chars=unknown)
-            generation.pieces = self._pieces(generation, state, logits, num_tokens, sampler, stops, top_logprobs)
-            generations.append(generation)
+        loop = asyncio.get_running_loop()
+        post = _poster(loop)
+        generations = [Generation(prefix, unknown, pieces=asyncio.Queue() if stream else None) for _ in samplers]
+        decodings = [Decoding(g, self.vocab, num_tokens, s, stops, top_logprobs, post)
+                     for g, s in zip(generations, samplers)]
+        done = loop.create_future()
+        job = GenerationJob(on_done=_resolver(done, post), text=prefix, ids=ids, decodings=decodings)
+        for g in generations:
+            g.cancel = lambda: setattr(job, "cancelled", True)
+        self._place_prompt(job, generations)
+        if self.scheduler is not None:
+            self._submit(job)
+        else:
+            asyncio.ensure_future(run_in_threadpool(self._run_alone, job))
+        if stream:
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())  # errors reach the stream instead
+            return generations
+        await _wait(done, job)
         return generations
 
-    def start_generation(self, prefix: str, num_tokens: int, sampler: Sampler, stops: list[str]) -> Generation:
-        return self.start_generations(prefix, num_tokens, [sampler], stops)[0]
+    def _place_prompt(self, job: GenerationJob, generations: list[Generation]) -> None:
+        """Where reading the prompt starts: after its longest cached prefix (keeping at least its last
+        character unless the whole prompt is cached), and whether a long rest is read as a task first."""
+        hit = self.cache.lookup(job.text) if self.cache is not None else None
+        if hit is not None:
+            job.start, job.start_at = hit.state, hit.length
+            if hit.length == len(job.text):
+                job.start_logits = hit.logits
+        else:
+            job.start = self.model.init_state(1)
+        for g in generations:
+            g.cached_chars = job.start_at
+        rest = len(job.ids) - job.start_at
+        if rest > self.settings.prefill_chars:
+            job.warmup = iter_warm(self.model, job.ids[job.start_at : -1], job.start, self.settings.chunk_chars)
 
-    def _pieces(self, generation: Generation, state, logits, num_tokens: int, sampler: Sampler,
-                stops: list[str], top_logprobs: int | None) -> Iterator[str]:
-        scanner = StopScanner(stops)
-        tokens = iter_tokens(self.model, state, logits, sampler)
-        for _ in range(num_tokens):
-            token, logits = next(tokens)
-            char = self.vocab.tokens[token]
-            if top_logprobs is not None:
-                generation.tokens.append(self._token_info(char, token, logits, top_logprobs))
-            released = scanner.feed(char)
-            generation.completion += released
-            if released:
-                yield released
-            if scanner.stopped:
-                generation.finish_reason = "stop"
-                del generation.tokens[len(generation.completion):]
-                return
-        tail = scanner.flush()
-        generation.completion += tail
-        if tail:
-            yield tail
+    def _run_alone(self, job: GenerationJob) -> None:
+        """Batching off: the same job, read and generated in this worker thread, one token at a time."""
+        try:
+            torch.set_flush_denormal(self.settings.flush_denormal)
+            state, logits = job.start, job.start_logits
+            if logits is None:
+                state, logits = drain(iter_warm(self.model, job.ids[job.start_at :], state,
+                                                self.settings.chunk_chars))
+                if self.cache is not None:
+                    self.cache.put(job.text, state, logits)
+            for d in job.decodings:
+                decoder = StepDecoder(self.model, state)
+                step_logits = logits
+                while not d.done and not job.cancelled:
+                    token = d.choose(step_logits)
+                    d.accept(token, step_logits)
+                    step_logits = decoder.step(token)
+                if self.cache is not None and d.generated:
+                    self.cache.put(d.text_read, decoder.state, step_logits.clone())
+                d.finish()
+            job.on_done(None, None)
+        except Exception as error:
+            for d in job.decodings:
+                d.finish(error)
+            job.on_done(None, error)
 
-    def _token_info(self, char: str, token: int, logits: torch.Tensor, k: int) -> TokenInfo:
-        """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the
-        k most likely characters'."""
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        top = None
-        if k:
-            values, indices = log_probs.topk(min(k, log_probs.numel()))
-            top = {self.vocab.tokens[i]: v for i, v in zip(indices.tolist(), values.tolist())}
-        return TokenInfo(char, float(log_probs[token]), top)
+    def _submit(self, job) -> None:
+        try:
+            self.scheduler.submit(job)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy: {self.settings.max_queue} requests are already queued; "
+                                "retry shortly", headers={"Retry-After": "1"}) from None
 
-    def perplexity(self, text: str, context: str | None, return_logprobs: bool,
-                   top_k: int = 0) -> tuple[Score, int]:
-        """The score of ``text`` (after ``context``) and how many characters of both are outside the vocab."""
+    # -- scoring --------------------------------------------------------------------------------------------
+    async def perplexity(self, text: str, context: str | None, return_logprobs: bool,
+                         top_k: int = 0) -> tuple[Score, int, int]:
+        """The score of ``text`` (after ``context``), how many characters of both are outside the vocabulary,
+        and how many context characters came from the prefix cache."""
         self.check_chars(text, "text")
         self.check_chars(context, "context")
         ids = self.vocab.encode(text)
@@ -148,13 +162,48 @@ class Engine:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
         unknown = int((ids == 0).sum()) + (0 if context_ids is None else int((context_ids == 0).sum()))
-        return score(self.model, ids, context_ids, return_logprobs=return_logprobs, top_k=top_k), unknown
+        cached = 0
+        state = None
+        if context_ids is not None and self.cache is not None:
+            hit = self.cache.lookup(context, max_length=len(context) - 1)
+            if hit is not None:
+                cached, state = hit.length, hit.state
+        steps = self._score_steps(ids, context, context_ids, cached, state, return_logprobs, top_k)
+        loop = asyncio.get_running_loop()
+        if self.scheduler is None:
+            result = await run_in_threadpool(self._drain_alone, steps)
+        else:
+            done = loop.create_future()
+            job = TaskJob(on_done=_resolver(done, _poster(loop)), steps=steps)
+            self._submit(job)
+            result = await _wait(done, job)
+        return result, unknown, cached
 
+    def _score_steps(self, ids, context, context_ids, cached: int, state, return_logprobs: bool,
+                     top_k: int) -> Generator[None, None, Score]:
+        """Read the uncached part of the context (caching the state before its last character), then score."""
+        chunk = self.settings.chunk_chars
+        if context_ids is not None:
+            if len(context_ids) - 1 > cached:
+                state, logits = yield from iter_warm(self.model, context_ids[cached:-1], state, chunk)
+                if self.cache is not None:
+                    self.cache.put(context[:-1], state, logits)
+            elif state is None:
+                state = self.model.init_state(1)  # a one-character context: nothing to read before it
+        return (yield from iter_score(self.model, ids, context_ids, state=state, return_logprobs=return_logprobs,
+                                      top_k=top_k, chunk_size=chunk))
+
+    def _drain_alone(self, steps):
+        torch.set_flush_denormal(self.settings.flush_denormal)
+        return drain(steps)
+
+    # -- description ----------------------------------------------------------------------------------------
     def info(self) -> dict:
         cfg = self.model.config
+        s = self.settings
         return {
-            "model": self.settings.model_id,
-            "weights": str(self.settings.weights),
+            "model": s.model_id,
+            "weights": str(s.weights),
             "config": cfg.to_dict(),
             "parameters": self.model.num_parameters(),
             "vocab": self.vocab.tokens,
@@ -162,10 +211,49 @@ class Engine:
             "training": self.loaded.training,
             "device": str(self.model.device),
             "limits": {
-                "max_num_tokens": self.settings.max_num_tokens,
-                "max_text_chars": self.settings.max_text_chars,
-                "max_body_bytes": self.settings.max_body_bytes,
-                "max_stop_sequences": self.settings.max_stop_sequences,
+                "max_num_tokens": s.max_num_tokens,
+                "max_text_chars": s.max_text_chars,
+                "max_body_bytes": s.max_body_bytes,
+                "max_stop_sequences": s.max_stop_sequences,
+            },
+            "serving": {
+                "batching": s.batching,
+                "max_batch_size": s.max_batch_size,
+                "max_queue": s.max_queue,
+                "prefix_cache_entries": s.prefix_cache_entries,
             },
         }
 
+
+def _poster(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, object], None]:
+    """Run ``fn(arg)`` on ``loop`` from any thread (a no-op once the loop has closed)."""
+    def post(fn: Callable, arg: object = None) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:  # the loop is closed: the client has gone
+            pass
+    return post
+
+
+def _resolver(future: asyncio.Future, post) -> Callable[[object, BaseException | None], None]:
+    def settle(pair: tuple) -> None:
+        result, error = pair
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    return lambda result, error: post(settle, (result, error))
+
+
+async def _wait(done: asyncio.Future, job) -> object:
+    """Await the job; if the client goes away first (the handler is cancelled), cancel the job."""
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        job.cancelled = True
+        raise
+    except ValueError as e:  # the model package's own checks, e.g. nothing to score
+        raise ApiError(422, str(e)) from None

@@ -44,10 +44,13 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     async def lifespan(app: FastAPI):
         if load_model:
             app.state.engine = await run_in_threadpool(Engine.load, settings)
+            app.state.metrics.watch(app.state.engine)
             app.state.metrics.model_loaded.set(1)
             logger.info("serving %s (%s)", settings.weights, app.state.engine.model.config)
         yield
-        app.state.engine = None
+        engine, app.state.engine = app.state.engine, None
+        if engine is not None:
+            engine.close()
 
     app = FastAPI(title="rnnlm", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings

@@ -57,6 +57,7 @@ class PredictResponse(BaseModel):
     num_tokens: int = Field(description="characters generated")
     finish_reason: Literal["length", "stop"]
     unknown_chars: int = Field(description="characters of the prefix outside the model's vocabulary")
+    cached_chars: int = Field(0, description="characters of the prefix whose state came from the prefix cache")
 
 
 class PerplexityRequest(Request):
@@ -71,6 +72,7 @@ class PerplexityResponse(BaseModel):
     bits_per_char: float
     num_scored: int = Field(description="characters scored: len(text) - 1, or len(text) after a context")
     unknown_chars: int = Field(description="characters of text and context outside the vocabulary")
+    cached_chars: int = Field(0, description="characters of the context whose state came from the prefix cache")
     tokens: list[str] | None = None
     token_logprobs: list[float] | None = None
 
@@ -118,10 +120,15 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["length", "stop"] | None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="prompt characters whose state came from the prefix cache")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
     max_stop_sequences: int = Field(8, ge=0)
+    batching: bool = Field(True, description="run concurrent requests together, step by step, in one batch")
+    max_batch_size: int = Field(64, ge=1, description="most sequences generated together in one step")
+    max_queue: int = Field(256, ge=1, description="requests waiting for the batch; beyond this: 429")
+    prefill_chars: int = Field(256, ge=1, description="longer uncached prompts are read in chunks before joining")
+    chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")
+    prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")
+    prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
+    flush_denormal: bool = Field(True, description="flush denormal floats to zero in the model's threads")
 
     @property
     def cors_origin_list(self) -> list[str]:

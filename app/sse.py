@@ -6,15 +6,13 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from app.engine import Generation
+from app.generation import Generation
 from app.errors import error_body
 
 __all__ = ["event", "stream_generation"]
 
-_DONE = object()
 logger = logging.getLogger("rnnlm")
 
 
@@ -26,20 +24,25 @@ def event(data: dict | str, name: str | None = None) -> str:
 def stream_generation(generation: Generation, on_piece: Callable[[str], str],
                       on_end: Callable[[Generation], list[str]], first: list[str] = ()) -> StreamingResponse:
     """The events ``first``, then ``on_piece(piece)`` for each released piece of text, then the events
-    ``on_end`` gives. The model steps run in a worker thread, one at a time, so the event loop stays free."""
-    pieces = iter(generation)
+    ``on_end`` gives. If the client goes away first, the generation is cancelled."""
 
     async def body() -> AsyncIterator[str]:
-        for event_text in first:
-            yield event_text
+        finished = False
         try:
-            while (piece := await run_in_threadpool(next, pieces, _DONE)) is not _DONE:
+            for event_text in first:
+                yield event_text
+            async for piece in generation.stream():
                 yield on_piece(piece)
             for end in on_end(generation):
                 yield end
+            finished = True
         except Exception:  # the status line has gone: report the failure as an event, never a traceback
             logger.exception("streamed generation failed")
             yield event(error_body(500, "generation failed"), "error")
+        finally:
+            if not finished:
+                logger.info("client went away mid-stream: generation cancelled")
+            generation.cancel()  # a no-op once it has finished
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,7 +7,9 @@ length: only one chunk's (chunk × V) logits exist at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -17,7 +19,9 @@ from model.decode import StepDecoder
 from model.lm import RNNLM
 from model.sampling import Sampler
 
-__all__ = ["Score", "generate", "iter_tokens", "score", "warm"]
+__all__ = ["Score", "drain", "generate", "iter_score", "iter_tokens", "iter_warm", "score", "warm"]
+
+T = TypeVar("T")
 
 DEFAULT_CHUNK = 4096
 
@@ -26,19 +30,37 @@ def _as_batch(ids: Tensor, model: RNNLM) -> Tensor:
     return ids.to(model.device).reshape(1, -1)  # (1, T)
 
 
-@torch.inference_mode()
+def iter_warm(
+    model: RNNLM, ids: Tensor, state: State | None = None, chunk_size: int = DEFAULT_CHUNK
+) -> Generator[None, None, tuple[State, Tensor | None]]:
+    """:func:`warm` one chunk at a time: yields after each chunk of ``chunk_size`` ids and returns what
+    :func:`warm` returns (so a scheduler can interleave a long prefix with other work)."""
+    if state is None:
+        state = model.init_state(1)
+    logits = None
+    for chunk in ids.split(chunk_size) if ids.numel() else ():
+        with torch.inference_mode():
+            out, state = model(_as_batch(chunk, model), state)  # (1, t, V)
+        logits = out[0, -1]
+        yield
+    return state, logits
+
+
 def warm(
     model: RNNLM, ids: Tensor, state: State | None = None, chunk_size: int = DEFAULT_CHUNK
 ) -> tuple[State, Tensor | None]:
     """Read ``ids`` (1-D) from ``state`` (zeros when None): the state after the last id, and the logits (V,)
     that state gives for the next token (None when ``ids`` is empty)."""
-    if state is None:
-        state = model.init_state(1)
-    logits = None
-    for chunk in ids.split(chunk_size) if ids.numel() else ():
-        out, state = model(_as_batch(chunk, model), state)  # (1, t, V)
-        logits = out[0, -1]
-    return state, logits
+    return drain(iter_warm(model, ids, state, chunk_size))
+
+
+def drain(steps: Generator[None, None, T]) -> T:
+    """Run a chunk-at-a-time generator to its end and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 @torch.inference_mode()
@@ -89,23 +111,26 @@ class Score:
         return self.nll / math.log(2)
 
 
-@torch.inference_mode()
-def score(
+def iter_score(
     model: RNNLM,
     ids: Tensor,
     context_ids: Tensor | None = None,
     *,
+    state: State | None = None,
     return_logprobs: bool = False,
     top_k: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
-) -> Score:
-    """Log-likelihood of ``ids`` (1-D). From a zero state the first token only warms the state, so tokens
-    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored.
-    With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at each scored position."""
+) -> Generator[None, None, Score]:
+    """:func:`score` one chunk at a time: yields after each chunk and returns the :class:`Score`.
+
+    ``state``, when given, is the state after ``context_ids[:-1]`` (a cached warm-up), so only the context's
+    last token is read again."""
     ids = ids.reshape(-1)
     if context_ids is not None and context_ids.numel() > 0:
         context_ids = context_ids.reshape(-1)
-        state, _ = warm(model, context_ids[:-1], chunk_size=chunk_size)
+        if state is None:
+            state = yield from iter_warm(model, context_ids[:-1], chunk_size=chunk_size)
+            state = state[0]
         stream = torch.cat([context_ids[-1:], ids])
     else:
         state = model.init_state(1)
@@ -120,16 +145,18 @@ def score(
     for start in range(0, num_scored, chunk_size):
         inputs = stream[start : start + chunk_size]
         targets = stream[start + 1 : start + 1 + chunk_size].to(model.device)
-        logits, state = model(_as_batch(inputs[: targets.numel()], model), state)  # (1, t, V)
-        log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (t, V)
-        lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
-        total += lp.double().sum().cpu()
-        if return_logprobs:
-            logprobs.append(lp.cpu())
-        if top_k:
-            values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
-            top_values.append(values.cpu())
-            top_indices.append(indices.cpu())
+        with torch.inference_mode():
+            logits, state = model(_as_batch(inputs[: targets.numel()], model), state)  # (1, t, V)
+            log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (t, V)
+            lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
+            total += lp.double().sum().cpu()
+            if return_logprobs:
+                logprobs.append(lp.cpu())
+            if top_k:
+                values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
+                top_values.append(values.cpu())
+                top_indices.append(indices.cpu())
+        yield
     return Score(
         nll=float(-total / num_scored),
         num_scored=num_scored,
@@ -137,3 +164,19 @@ def score(
         top_ids=torch.cat(top_indices).tolist() if top_k else None,
         top_logprobs=torch.cat(top_values).tolist() if top_k else None,
     )
+
+
+def score(
+    model: RNNLM,
+    ids: Tensor,
+    context_ids: Tensor | None = None,
+    *,
+    return_logprobs: bool = False,
+    top_k: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Score:
+    """Log-likelihood of ``ids`` (1-D). From a zero state the first token only warms the state, so tokens
+    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored.
+    With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at each scored position."""
+    return drain(iter_score(model, ids, context_ids, return_logprobs=return_logprobs, top_k=top_k,
+                            chunk_size=chunk_size))

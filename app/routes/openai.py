@@ -6,14 +6,14 @@ import time
 import uuid
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import get_engine, get_metrics
-from app.engine import Engine, Generation, TokenInfo
+from app.engine import Engine
+from app.generation import Generation, TokenInfo
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
-                         ModelList, Usage)
+                         ModelList, PromptTokensDetails, Usage)
 from app.sse import event, stream_generation
 from model.sampling import Sampler
 
@@ -33,11 +33,11 @@ def _logprobs(infos: list[TokenInfo], start_offset: int) -> CompletionLogprobs:
                               top_logprobs=[i.top for i in infos], text_offset=offsets)
 
 
-def _prompt_infos(engine: Engine, prompt: str, k: int) -> list[TokenInfo]:
+async def _prompt_infos(engine: Engine, prompt: str, k: int) -> list[TokenInfo]:
     """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does)."""
     infos = [TokenInfo(prompt[0], None, None)]
     if len(prompt) > 1:
-        s, _ = engine.perplexity(prompt, None, True, top_k=k)
+        s, _, _ = await engine.perplexity(prompt, None, True, top_k=k)
         for i, char in enumerate(prompt[1:]):
             top = {engine.vocab.tokens[t]: v for t, v in zip(s.top_ids[i], s.top_logprobs[i])} if k else None
             infos.append(TokenInfo(char, s.token_logprobs[i], top))
@@ -73,12 +73,12 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
 
     samplers = [Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                         seed=None if body.seed is None else body.seed + i) for i in range(body.n)]
-    generations = await run_in_threadpool(engine.start_generations, body.prompt, body.max_tokens, samplers, stops,
-                                          k, "prompt", "max_tokens")
-
     prompt_infos = None
     if body.echo and k is not None:
-        prompt_infos = await run_in_threadpool(_prompt_infos, engine, body.prompt, k)
+        engine.check_chars(body.prompt, "prompt")
+        prompt_infos = await _prompt_infos(engine, body.prompt, k)
+    generations = await engine.generate(body.prompt, body.max_tokens, samplers, stops, k, stream=body.stream,
+                                        param_prefix="prompt", param_tokens="max_tokens")
 
     if body.stream:
         (generation,) = generations
@@ -103,13 +103,10 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
         first = [chunk(body.prompt, None, prompt_infos, 0)] if body.echo else []
         return stream_generation(generation, on_piece, on_end, first)
 
-    choices = []
-    total = 0
-    for i, generation in enumerate(generations):
-        await run_in_threadpool(generation.run)
-        total += generation.num_tokens
-        choices.append(_choice(engine, body, generation, i, prompt_infos))
+    choices = [_choice(engine, body, g, i, prompt_infos) for i, g in enumerate(generations)]
+    total = sum(g.num_tokens for g in generations)
     metrics.tokens_generated.inc(total)
+    details = PromptTokensDetails(cached_tokens=generations[0].cached_chars)
     return CompletionResponse(id=request_id, created=created, model=model_id, choices=choices,
                               usage=Usage(prompt_tokens=len(body.prompt), completion_tokens=total,
-                                          total_tokens=len(body.prompt) + total))
+                                          total_tokens=len(body.prompt) + total, prompt_tokens_details=details))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import get_engine, get_metrics
 from app.engine import Engine
@@ -18,12 +17,12 @@ async def perplexity(body: PerplexityRequest, engine: Engine = Depends(get_engin
                      metrics: Metrics = Depends(get_metrics)) -> PerplexityResponse:
     """Perplexity = exp(mean negative log-likelihood) of `text`, optionally after a `context` that only warms
     the state. Without a context the first character is not scored (nothing predicts it)."""
-    result, unknown_chars = await run_in_threadpool(engine.perplexity, body.text, body.context, body.token_logprobs)
+    result, unknown_chars, cached_chars = await engine.perplexity(body.text, body.context, body.token_logprobs)
     metrics.chars_scored.inc(result.num_scored)
     scored = body.text if body.context else body.text[1:]
     return PerplexityResponse(
         perplexity=result.perplexity, nll=result.nll, bits_per_char=result.bits_per_char,
-        num_scored=result.num_scored, unknown_chars=unknown_chars,
+        num_scored=result.num_scored, unknown_chars=unknown_chars, cached_chars=cached_chars,
         tokens=list(scored) if body.token_logprobs else None,
         token_logprobs=result.token_logprobs if body.token_logprobs else None,
     )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import get_engine, get_metrics
-from app.engine import Engine, Generation
+from app.engine import Engine
+from app.generation import Generation
 from app.metrics import Metrics
 from app.schemas import PredictRequest, PredictResponse
 from app.sse import event, stream_generation
@@ -16,10 +16,9 @@ router = APIRouter(tags=["generation"])
 DEFAULT_NUM_TOKENS = 100
 
 
-
 def _response(g: Generation) -> PredictResponse:
     return PredictResponse(prefix=g.prefix, completion=g.completion, num_tokens=g.num_tokens,
-                           finish_reason=g.finish_reason, unknown_chars=g.unknown_chars)
+                           finish_reason=g.finish_reason, unknown_chars=g.unknown_chars, cached_chars=g.cached_chars)
 
 
 @router.post("/predict", response_model=PredictResponse, responses={
@@ -29,13 +28,12 @@ async def predict(body: PredictRequest, engine: Engine = Depends(get_engine), me
     """Warm the latent state on `prefix`, then generate `num_tokens` characters (greedy when temperature is 0)."""
     sampler = Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
     num_tokens = body.num_tokens if body.num_tokens is not None else min(DEFAULT_NUM_TOKENS, engine.settings.max_num_tokens)
-    generation = await run_in_threadpool(engine.start_generation, body.prefix, num_tokens, sampler, body.stop)
+    (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream)
     if body.stream:
         def on_end(g: Generation) -> list[str]:
             metrics.tokens_generated.inc(g.num_tokens)
             return [event(_response(g).model_dump(), "result")]
 
         return stream_generation(generation, lambda piece: event({"text": piece}, "token"), on_end)
-    await run_in_threadpool(generation.run)
     metrics.tokens_generated.inc(generation.num_tokens)
     return _response(generation)

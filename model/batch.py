@@ -1,0 +1,73 @@
+"""Many streams, one step: the decoding step for a batch of independent sequences (continuous batching).
+
+Each row of the batch is one sequence with its own state. A step reads one token per row and returns the
+logits (n, V) for every row's next token: one (n × H) @ (H × H) matmul per layer instead of n matvecs, which
+is where batching wins (a matvec is bound by reading W_hh; a matmul reuses it n times).
+
+Rows join and leave between steps (:meth:`BatchDecoder.add`, :meth:`BatchDecoder.keep`); a row's state never
+depends on the other rows. Every step writes fresh tensors, so the states handed in (a prefix cache's, say)
+are never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model.cells import State
+from model.lm import RNNLM
+
+__all__ = ["BatchDecoder"]
+
+
+class BatchDecoder:
+    def __init__(self, model: RNNLM):
+        self.model = model
+        self.fast = model.config.cell == "rnn"
+        n_state = 2 if model.config.cell == "lstm" else 1
+        shape = (model.config.num_layers, 0, model.config.hidden_size)
+        self.state: State = tuple(torch.empty(shape, device=model.device, dtype=model.w_y.dtype)
+                                  for _ in range(n_state))  # each (L, n, H)
+        if self.fast:
+            with torch.no_grad():
+                layers = model.layers
+                self.table = (layers[0].w_xh + layers[0].b_h).detach()  # (V, H): X_t W_xh + b_h per token
+                self.w_hh = [layer.w_hh.detach() for layer in layers]
+                self.w_xh = [layer.w_xh.detach() for layer in layers]
+                self.b_h = [layer.b_h.detach() for layer in layers]
+                self.w_y, self.b_y = model.w_y.detach(), model.b_y.detach()
+
+    def __len__(self) -> int:
+        return self.state[0].shape[1]
+
+    def add(self, state: State) -> int:
+        """Append one sequence's state (each tensor (L, 1, H)) as the last row; returns its row index."""
+        self.state = tuple(torch.cat([mine, theirs.to(mine.device)], dim=1) for mine, theirs in zip(self.state, state))
+        return len(self) - 1
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (the others leave the batch)."""
+        if rows == list(range(len(self))):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.state[0].device)
+        self.state = tuple(s.index_select(1, index) for s in self.state)
+
+    def row_state(self, row: int) -> State:
+        """A copy of one row's state, (L, 1, H) per tensor."""
+        return tuple(s[:, row : row + 1].clone() for s in self.state)
+
+    @torch.inference_mode()
+    def step(self, tokens: Tensor) -> Tensor:
+        """Read ``tokens`` (n,), one per row; return the logits (n, V) for each row's next token."""
+        if not self.fast:
+            logits, self.state = self.model(tokens.to(self.model.device).reshape(-1, 1), self.state)
+            return logits[:, 0]
+        x = self.table.index_select(0, tokens.to(self.table.device))  # (n, H): first layer's X W_xh + b_h
+        h = self.state[0]
+        new = []
+        for l in range(len(self.w_hh)):
+            z = x if l == 0 else torch.addmm(self.b_h[l], x, self.w_xh[l])
+            x = z.addmm_(h[l], self.w_hh[l]).tanh_()  # fresh tensor: never written into its own input
+            new.append(x)
+        self.state = (torch.stack(new),)
+        return torch.addmm(self.b_y, x, self.w_y)
