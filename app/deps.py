@@ -1,4 +1,5 @@
-"""Request dependencies: the loaded engine (503 until it is) and the app's metrics."""
+"""Request dependencies: the loaded engine (503 until it is) and the app's metrics. Both are ``async def``:
+FastAPI runs a plain ``def`` dependency in the thread pool, a thread hop per request for nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from app.metrics import Metrics
 __all__ = ["get_engine", "get_metrics"]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise ApiError(503, "the model is not loaded yet", headers={"Retry-After": "1"})
     return engine
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.errors import ApiError
 from app.generation import Decoding, Generation
 from app.prefix_cache import PrefixCache
-from app.scheduler import GenerationJob, QueueFull, Scheduler, TaskJob
+from app.scheduler import GenerationJob, QueueFull, Scheduler, TaskJob, prepare_model_thread
 from app.settings import Settings
 from model import LoadedWeights, Score, load_weights
 from model.decode import StepDecoder
@@ -38,7 +38,8 @@ class Engine:
         self.scheduler = None
         if settings.batching:
             self.scheduler = Scheduler(self.model, self.cache, settings.max_batch_size, settings.max_queue,
-                                       settings.flush_denormal)
+                                       settings.flush_denormal, settings.prefill_chars, settings.chunk_chars,
+                                       settings.model_threads)
             self.scheduler.start()
 
     @classmethod
@@ -101,8 +102,7 @@ class Engine:
         return generations
 
     def _place_prompt(self, job: GenerationJob, generations: list[Generation]) -> None:
-        """Where reading the prompt starts: after its longest cached prefix (keeping at least its last
-        character unless the whole prompt is cached), and whether a long rest is read as a task first."""
+        """Where reading the prompt starts: after its longest cached prefix."""
         hit = self.cache.lookup(job.text) if self.cache is not None else None
         if hit is not None:
             job.start, job.start_at = hit.state, hit.length
@@ -112,14 +112,11 @@ class Engine:
             job.start = self.model.init_state(1)
         for g in generations:
             g.cached_chars = job.start_at
-        rest = len(job.ids) - job.start_at
-        if rest > self.settings.prefill_chars:
-            job.warmup = iter_warm(self.model, job.ids[job.start_at : -1], job.start, self.settings.chunk_chars)
 
     def _run_alone(self, job: GenerationJob) -> None:
         """Batching off: the same job, read and generated in this worker thread, one token at a time."""
         try:
-            torch.set_flush_denormal(self.settings.flush_denormal)
+            prepare_model_thread(self.settings.model_threads, self.settings.flush_denormal)
             state, logits = job.start, job.start_logits
             if logits is None:
                 state, logits = drain(iter_warm(self.model, job.ids[job.start_at :], state,
@@ -194,7 +191,7 @@ class Engine:
                                       top_k=top_k, chunk_size=chunk))
 
     def _drain_alone(self, steps):
-        torch.set_flush_denormal(self.settings.flush_denormal)
+        prepare_model_thread(self.settings.model_threads, self.settings.flush_denormal)
         return drain(steps)
 
     # -- description ----------------------------------------------------------------------------------------

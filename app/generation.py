@@ -77,8 +77,9 @@ class Decoding:
     def choose(self, logits: torch.Tensor) -> int:
         return self.sampler.choose(logits, self.rng)
 
-    def accept(self, token: int, logits: torch.Tensor) -> bool:
-        """Record ``token`` (chosen from ``logits``); True once the sequence is finished."""
+    def accept(self, token: int, logits: torch.Tensor | None) -> bool:
+        """Record ``token`` (chosen from ``logits``, needed only for logprobs); True once the sequence is
+        finished."""
         g = self.generation
         char = self.vocab.tokens[token]
         self.generated.append(token)

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from app.engine import Engine
+from app.scheduler import prepare_model_thread
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if load_model:
+            # The event loop's own small tensor ops (encoding a prompt) must not start OpenMP workers: their
+            # spin-waiting would take a core from the thread that runs the model.
+            prepare_model_thread(settings.model_threads, settings.flush_denormal)
             app.state.engine = await run_in_threadpool(Engine.load, settings)
             app.state.metrics.watch(app.state.engine)
             app.state.metrics.model_loaded.set(1)

@@ -3,9 +3,9 @@
 Each step reads one token for every sequence in the batch with one batched matmul per layer
 (:class:`model.batch.BatchDecoder`). A sequence first reads the uncached rest of its prompt (teacher-forced
 rows: the next prompt character is its input, and its logits are ignored until the prompt is read), then
-generates; sequences join and leave between steps. Prompts whose uncached part is longer than ``prefill_chars``
-read all but their last character as a *task* — chunks of the model's own sequence forward pass, the fastest
-way to read one long text — and so does scoring (/perplexity). Each loop turn advances every task by one chunk
+generates; sequences join and leave between steps. A prompt whose uncached part is longer than ``prefill_chars``,
+or any prompt arriving at an idle server, reads all but its last character as a *task* — chunks of the model's
+own sequence forward pass, the fastest way to read one text — and so does scoring (/perplexity). Each loop turn advances every task by one chunk
 and the batch by one step, so a long scoring job never stalls generation for long.
 
 Requests wait in a bounded queue; a full queue refuses new work at once (the route answers 429).
@@ -25,14 +25,27 @@ from app.generation import Decoding
 from app.prefix_cache import PrefixCache
 from model import RNNLM, State
 from model.batch import BatchDecoder
+from model.inference import iter_warm
 
-__all__ = ["GenerationJob", "QueueFull", "Scheduler", "TaskJob"]
+__all__ = ["GenerationJob", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
 
 logger = logging.getLogger("rnnlm")
 
 
 class QueueFull(Exception):
     pass
+
+
+def prepare_model_thread(threads: int, flush_denormal: bool) -> None:
+    """Settings that belong to the calling thread, for a thread that runs the model.
+
+    Both are per thread: the FTZ/DAZ bits live in the thread's floating-point control register, and OpenMP's
+    thread count is a per-thread setting. Measured here (2 cores, 1 × 512 tanh RNN): outside the main thread,
+    2 OpenMP threads make a batch step 2× slower than 1 (204 vs 88 µs for one row, 759 vs 664 µs for 64),
+    while the event loop needs a core of its own anyway.
+    """
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush_denormal)
 
 
 @dataclass(eq=False)
@@ -62,7 +75,7 @@ class GenerationJob(Job):
     start: State | None = None  # the state to start from, after ids[:start_at]
     start_at: int = 0
     start_logits: torch.Tensor | None = None  # with start_at == len(ids): the next token's scores
-    warmup: Generator | None = None  # for long prompts: reads all but the last prompt token first, as a task
+    warmup: Generator | None = None  # set by the scheduler: reads all but the prompt's last token as a task
 
     @property
     def width(self) -> int:
@@ -73,7 +86,7 @@ class GenerationJob(Job):
 class Row:
     job: GenerationJob
     decoding: Decoding | None  # None while reading the prompt (forced row)
-    forced: list[int] = field(default_factory=list)  # prompt tokens still to read
+    forced: deque[int] = field(default_factory=deque)  # prompt tokens still to read
 
     @property
     def reading(self) -> bool:
@@ -82,12 +95,15 @@ class Row:
 
 class Scheduler:
     def __init__(self, model: RNNLM, cache: PrefixCache | None, max_batch: int, max_queue: int,
-                 flush_denormal: bool):
+                 flush_denormal: bool, prefill_chars: int, chunk_chars: int, threads: int = 1):
         self.model = model
+        self.prefill_chars = prefill_chars
+        self.chunk_chars = chunk_chars
         self.cache = cache
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.flush_denormal = flush_denormal
+        self.threads = threads
         self.vocab_size = model.config.vocab_size
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -127,7 +143,7 @@ class Scheduler:
 
     # -- the scheduler thread -------------------------------------------------------------------------------
     def _run(self) -> None:
-        torch.set_flush_denormal(self.flush_denormal)  # per thread: the FTZ/DAZ bits live in this thread
+        prepare_model_thread(self.threads, self.flush_denormal)
         while True:
             with self._cond:
                 while not (self._stopped or self._pending or self._tasks or self._rows):
@@ -136,8 +152,9 @@ class Scheduler:
                     break
                 admitted = self._admit()
             try:
+                alone = len(admitted) == 1 and not self._rows and not self._tasks
                 for job in admitted:
-                    self._start(job)
+                    self._start(job, alone)
                 self._advance_tasks()
                 if self._rows:
                     self._step()
@@ -161,11 +178,17 @@ class Scheduler:
             out.append(self._pending.popleft())
         return out
 
-    def _start(self, job: Job) -> None:
-        if isinstance(job, TaskJob) or (isinstance(job, GenerationJob) and job.warmup is not None):
-            self._tasks.append(job)
-        else:
-            self._join(job, job.start, job.start_at, job.start_logits)
+    def _start(self, job: Job, alone: bool) -> None:
+        if isinstance(job, GenerationJob):
+            rest = len(job.ids) - job.start_at
+            # Reading a prompt through the batch pays off when other rows share the steps; alone, or for a
+            # long prompt, the model's sequence forward pass reads it faster.
+            if rest > self.prefill_chars or (alone and rest > 1):
+                job.warmup = iter_warm(self.model, job.ids[job.start_at : -1], job.start, self.chunk_chars)
+            else:
+                self._join(job, job.start, job.start_at, job.start_logits)
+                return
+        self._tasks.append(job)
 
     def _advance_tasks(self) -> None:
         for job in list(self._tasks):
@@ -194,7 +217,7 @@ class Scheduler:
         whole prompt is already read — one generating row per decoding."""
         forced = job.ids[at:].tolist()
         if forced:
-            self._add_row(Row(job, None, forced), state, None)
+            self._add_row(Row(job, None, deque(forced)), state, None)
             return
         for decoding in job.decodings:
             if decoding.done:
@@ -212,19 +235,19 @@ class Scheduler:
         rows, logits = self._rows, self._logits
         self.steps += 1
         self.rows_stepped += len(rows)
-        greedy = (logits[:, 1:].argmax(dim=1) + 1).tolist()  # never <unk> (id 0)
-        tokens = []
+        # Plain numpy for the per-row bookkeeping: every torch call releases and re-takes the GIL, and each
+        # re-take can wait for the event loop thread.
+        scores = logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
+        tokens = scores[:, 1:].argmax(axis=1) + 1  # greedy, never <unk> (id 0)
         for i, row in enumerate(rows):
-            if row.reading:
-                tokens.append(row.forced.pop(0))
-            elif row.job.cancelled:
-                tokens.append(greedy[i])
-            else:
+            if row.forced:
+                tokens[i] = row.forced.popleft()
+            elif not row.job.cancelled:
                 d = row.decoding
-                token = greedy[i] if d.greedy else d.choose(logits[i])
-                d.accept(token, logits[i])
-                tokens.append(token)
-        self._logits = self._decoder.step(torch.tensor(tokens, dtype=torch.long))
+                if not d.greedy:
+                    tokens[i] = d.choose(logits[i])
+                d.accept(int(tokens[i]), logits[i] if d.top_logprobs is not None else None)
+        self._logits = self._decoder.step(torch.from_numpy(tokens))
 
         keep: list[int] = []
         forks: list[tuple[Row, State, torch.Tensor]] = []

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")
     prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
     flush_denormal: bool = Field(True, description="flush denormal floats to zero in the model's threads")
+    model_threads: int = Field(1, ge=1, description="torch intra-op threads of each thread that runs the model")
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -1,7 +1,9 @@
-"""Single-stream greedy decoding, tokens/s: the project's `generate` against the notebook's textbook loop
-(one model forward call per token), in the same run.
+"""Greedy decoding, tokens/s, against the notebook's textbook loop (one model forward call per token) in the
+same run: one stream with `generate` (same tokens asserted), and n streams stepped together with
+`BatchDecoder` (continuous batching's inner loop) for each --batch size.
 
     python benchmarks/decode.py [--weights weights/rnn.safetensors] [--tokens 2000] [--repeats 5] [--threads 2]
+                                [--batch 8 64] [--flush-denormal]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import torch
 
 from model import generate, load_weights, warm
+from model.batch import BatchDecoder
 
 
 def notebook_loop(model, state, logits, n):
@@ -32,8 +35,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="*", default=[8, 64], help="streams stepped together")
+    parser.add_argument("--flush-denormal", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(args.flush_denormal)
     w = load_weights(args.weights)
     state, logits = warm(w.model, w.vocab.encode("ROMEO:\n"))
     rates = {"project": [], "notebook": []}
@@ -48,6 +54,24 @@ def main() -> None:
     a, b = statistics.median(rates["project"]), statistics.median(rates["notebook"])
     print(f"{w.config.cell} H={w.config.hidden_size} L={w.config.num_layers} threads={args.threads}: "
           f"project {a:,.0f} tok/s  notebook loop {b:,.0f} tok/s  {a / b:.2f}x  (same tokens)")
+    for n in args.batch:
+        rate = statistics.median(batched_rate(w, n, args.tokens // 4) for _ in range(args.repeats))
+        print(f"  {n:>3} streams together: {rate:,.0f} tok/s  {rate / b:.1f}x the notebook loop")
+
+
+def batched_rate(w, n: int, steps: int) -> float:
+    """n sequences warmed on different prefixes, then greedy-stepped together for ``steps`` tokens each."""
+    batch = BatchDecoder(w.model)
+    logits = []
+    for i in range(n):
+        state, last = warm(w.model, w.vocab.encode(f"ROMEO {i}:\n"))
+        batch.add(state)
+        logits.append(last)
+    logits = torch.stack(logits)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits = batch.step(logits[:, 1:].argmax(dim=1) + 1)
+    return n * steps / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":
