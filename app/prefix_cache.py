@@ -4,7 +4,8 @@ those characters.
 An RNN's whole memory of a prefix is its state, O(layers × hidden) numbers, so caching it is cheap (2 KiB for
 the shipped 1 × 512 model) — unlike a transformer's KV cache, which grows with the prefix. Entries are keyed
 by the exact text and evicted least-recently-used, bounded by count and by bytes (state, logits and key).
-Lookups find the longest cached prefix. Thread-safe.
+Lookups find the longest cached prefix without slicing the text once per cached length: long keys are filed
+under their first ``HEAD`` characters and compared in place (``str.startswith``). Thread-safe.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import Tensor
 from model import State
 
 __all__ = ["CacheHit", "PrefixCache"]
+
+HEAD = 32  # keys at least this long are filed under their first HEAD characters
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class PrefixCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[State, Tensor, int]] = OrderedDict()
-        self._lengths: dict[int, int] = {}  # text length -> how many entries have it
+        self._short_lengths: dict[int, int] = {}  # length -> how many keys shorter than HEAD have it
+        self._by_head: dict[str, set[str]] = {}  # key[:HEAD] -> the keys at least HEAD long that start so
         self._lock = threading.Lock()
         self.bytes = 0
         self.hits = 0
@@ -51,15 +55,24 @@ class PrefixCache:
         """The entry for the longest cached prefix of ``text`` (at most ``max_length`` characters)."""
         limit = len(text) if max_length is None else min(max_length, len(text))
         with self._lock:
-            for length in sorted((n for n in self._lengths if 0 < n <= limit), reverse=True):
-                entry = self._entries.get(text[:length])
-                if entry is not None:
-                    self._entries.move_to_end(text[:length])
-                    self.hits += 1
-                    self.hit_chars += length
-                    return CacheHit(length, entry[0], entry[1])
-            self.misses += 1
-            return None
+            key = None
+            if limit >= HEAD:
+                candidates = self._by_head.get(text[:HEAD], ())
+                fits = [k for k in candidates if len(k) <= limit and text.startswith(k)]
+                key = max(fits, key=len, default=None)
+            if key is None:
+                for length in sorted((n for n in self._short_lengths if n <= limit), reverse=True):
+                    if text[:length] in self._entries:
+                        key = text[:length]
+                        break
+            if key is None:
+                self.misses += 1
+                return None
+            state, logits, _ = self._entries[key]
+            self._entries.move_to_end(key)
+            self.hits += 1
+            self.hit_chars += len(key)
+            return CacheHit(len(key), state, logits)
 
     def put(self, text: str, state: State, logits: Tensor) -> None:
         """Remember the state after ``text`` and the logits it gives (tensors are kept, not copied)."""
@@ -73,11 +86,22 @@ class PrefixCache:
                 self._entries.move_to_end(text)
                 return
             self._entries[text] = (state, logits, size)
-            self._lengths[len(text)] = self._lengths.get(len(text), 0) + 1
+            self._file(text, +1)
             self.bytes += size
             while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
                 old, (_, _, old_size) = self._entries.popitem(last=False)
                 self.bytes -= old_size
-                self._lengths[len(old)] -= 1
-                if not self._lengths[len(old)]:
-                    del self._lengths[len(old)]
+                self._file(old, -1)
+
+    def _file(self, key: str, change: int) -> None:
+        if len(key) >= HEAD:
+            bucket = self._by_head.setdefault(key[:HEAD], set())
+            (bucket.add if change > 0 else bucket.discard)(key)
+            if not bucket:
+                del self._by_head[key[:HEAD]]
+        else:
+            count = self._short_lengths.get(len(key), 0) + change
+            if count:
+                self._short_lengths[len(key)] = count
+            else:
+                del self._short_lengths[len(key)]

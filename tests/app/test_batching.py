@@ -223,3 +223,20 @@ def test_prefix_cache_finds_the_longest_prefix_and_evicts_least_recently_used(lo
     for key in ("a", "b", "c", "d"):
         small.put(key, state, logits)
     assert len(small) == 2 and small.bytes <= small.max_bytes  # bounded by memory as well as by count
+
+
+def test_prefix_cache_lookup_compares_long_and_short_keys_in_place(loaded):
+    state, logits = warm(loaded.model, loaded.vocab.encode("abc"))
+    cache = PrefixCache(max_entries=100, max_bytes=10**7)
+    base = "x" * 40
+    for key in ("x" * 5, base, base + "y" * 10, base + "z" * 10, "w" * 60):
+        cache.put(key, state, logits)
+    assert cache.lookup(base + "y" * 30).length == 50  # the longest of three long keys that fit
+    assert cache.lookup(base + "q").length == 40
+    assert cache.lookup("x" * 39).length == 5  # too short for the long keys: the short one
+    assert cache.lookup("x" * 45, max_length=20).length == 5
+    assert cache.lookup("w" * 59) is None
+    small = PrefixCache(max_entries=1, max_bytes=10**7)
+    small.put(base, state, logits)
+    small.put("x" * 5, state, logits)  # evicts the long key and empties its bucket
+    assert small.lookup(base + "y").length == 5 and small._by_head == {}
