@@ -44,11 +44,10 @@ def _forward_states(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> t
     # xw: (T, B, H) input projections with the bias already added; h0: (B, H)
     states = xw.clone()  # (T, B, H); step t turns states[t] from X_t W_xh + b_h into H_t in place
     h = h0
-    for t in range(xw.shape[0]):
+    for h_t in states.unbind(0):  # views made once, not indexed three times per step
         # In place into states[t]; its inputs are states[t-1] and W_hh, never the output itself.
-        states[t].addmm_(h, w_hh)
-        states[t].tanh_()
-        h = states[t]
+        h_t.addmm_(h, w_hh).tanh_()
+        h = h_t
     return states
 
 
