@@ -21,11 +21,12 @@ from model import LMConfig, RNNLM, Vocab, load_weights, save_weights
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
 
 
-def make_weights_file(path) -> str:
-    """A small random-weight tanh RNN over the characters of CORPUS (sharpened, so greedy text varies)."""
+def make_weights_file(path, cell: str = "rnn") -> str:
+    """A small random-weight model (tanh RNN by default) over the characters of CORPUS (sharpened, so greedy
+    text varies)."""
     torch.manual_seed(0)
     vocab = Vocab.from_corpus(CORPUS)
-    model = RNNLM(LMConfig(cell="rnn", vocab_size=len(vocab), hidden_size=32, num_layers=2))
+    model = RNNLM(LMConfig(cell=cell, vocab_size=len(vocab), hidden_size=32, num_layers=2))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3)

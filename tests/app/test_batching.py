@@ -17,7 +17,7 @@ from model.inference import iter_tokens
 from model.sampling import Sampler
 from tests.app.test_perplexity import independent_nll
 from tests.app.test_predict import library_greedy, parse_events
-from tests.conftest import assert_error, start_server, stop_server
+from tests.conftest import assert_error, make_weights_file, start_server, stop_server
 
 SHIPPED = "weights/rnn.safetensors"
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
@@ -64,6 +64,21 @@ def test_concurrent_greedy_requests_are_batched_and_equal_each_alone(shipped_ser
     steps = metric(after, "rnnlm_batch_steps_total") - metric(before, "rnnlm_batch_steps_total")
     rows = metric(after, "rnnlm_batch_rows_stepped_total") - metric(before, "rnnlm_batch_rows_stepped_total")
     assert rows / steps > 4, (rows, steps)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_cells_batch_through_the_general_step(cell, tmp_path):
+    """GRU and LSTM rows step through the model's own forward pass on (n, 1) tokens; still each as alone."""
+    path = make_weights_file(tmp_path / f"{cell}.safetensors", cell)
+    loaded = load_weights(path)
+    base, proc = start_server(path, tmp_path / "server.log")
+    try:
+        texts = ["First", "All:\n", "Speak, speak", "Before we proceed any", "hear me", "Citizen:"]
+        responses = asyncio.run(post_all(base, [("/predict", {"prefix": p, "num_tokens": 60}) for p in texts]))
+        for p, r in zip(texts, responses):
+            assert r.json()["completion"] == library_greedy(loaded, p, 60)
+    finally:
+        stop_server(proc)
 
 
 def test_generation_scoring_and_sampling_mixed_in_one_batch(shipped_server, shipped):
