@@ -256,7 +256,7 @@ class Scheduler:
     def _can_go_solo(self) -> bool:
         rows = self._rows
         return (len(rows) == 1 and rows[0].decoding is not None and not rows[0].forced and not self._tasks
-                and not self._pending and self._decoder.fast)
+                and not self._pending and self._decoder.fast and self.model.device.type == "cpu")
 
     def _solo(self) -> None:
         """One generating sequence and nothing else to do: step it with the single-stream decoder (about half

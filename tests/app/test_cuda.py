@@ -1,6 +1,8 @@
 """The service with its model on a CUDA device answers exactly as with the model on the CPU.
 Needs a CUDA device; on a CPU-only machine (CI) these are reported as skipped."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -9,6 +11,7 @@ from app.main import create_app
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+BATCH = [{"prefix": p, "num_tokens": 80} for p in ("First", "All:", "Speak, speak", "hear me", "Before we", "A")]
 REQUESTS = [
     ("/predict", {"prefix": "First Citizen:\n", "num_tokens": 120}),
     ("/predict", {"prefix": "Speak", "num_tokens": 40, "temperature": 1.0, "top_k": 10, "seed": 7}),
@@ -20,7 +23,9 @@ def answers(settings) -> list[dict]:
     with TestClient(create_app(settings)) as client:
         info = client.get("/info").json()
         out = [client.post(path, json=body).json() for path, body in REQUESTS]
-    return [info] + out
+        with ThreadPoolExecutor(8) as pool:  # concurrent: the scheduler batches them on the device
+            together = list(pool.map(lambda body: client.post("/predict", json=body).json(), BATCH))
+    return [info] + out + [together]
 
 
 def test_cuda_service_answers_as_the_cpu_service(settings):
@@ -30,3 +35,4 @@ def test_cuda_service_answers_as_the_cpu_service(settings):
     assert gpu[0] == cpu[0] and gpu[1] == cpu[1]
     assert gpu[2]["perplexity"] == pytest.approx(cpu[2]["perplexity"], rel=1e-5)
     assert gpu[2]["token_logprobs"] == pytest.approx(cpu[2]["token_logprobs"], abs=1e-4)
+    assert [r["completion"] for r in gpu[3]] == [r["completion"] for r in cpu[3]]
