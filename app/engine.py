@@ -36,6 +36,7 @@ class Engine:
         self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
                       if settings.prefix_cache_entries > 0 else None)
         self.scheduler = None
+        self._alone: set[asyncio.Future] = set()  # batching off: the running requests' worker-thread tasks
         if settings.batching:
             self.scheduler = Scheduler(self.model, self.cache, settings.max_batch_size, settings.max_queue,
                                        settings.flush_denormal, settings.prefill_chars, settings.chunk_chars,
@@ -94,7 +95,9 @@ class Engine:
         if self.scheduler is not None:
             self._submit(job)
         else:
-            asyncio.ensure_future(run_in_threadpool(self._run_alone, job))
+            task = asyncio.ensure_future(run_in_threadpool(self._run_alone, job))
+            self._alone.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._alone.discard)
         if stream:
             done.add_done_callback(lambda f: f.cancelled() or f.exception())  # errors reach the stream instead
             return generations

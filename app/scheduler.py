@@ -3,10 +3,13 @@
 Each step reads one token for every sequence in the batch with one batched matmul per layer
 (:class:`model.batch.BatchDecoder`). A sequence first reads the uncached rest of its prompt (teacher-forced
 rows: the next prompt character is its input, and its logits are ignored until the prompt is read), then
-generates; sequences join and leave between steps. A prompt whose uncached part is longer than ``prefill_chars``,
-or any prompt arriving at an idle server, reads all but its last character as a *task* — chunks of the model's
-own sequence forward pass, the fastest way to read one text — and so does scoring (/perplexity). Each loop turn advances every task by one chunk
-and the batch by one step, so a long scoring job never stalls generation for long.
+generates; sequences join and leave between steps. A prompt whose uncached part is longer than
+``prefill_chars``, or any prompt arriving at an idle server, reads all but its last character as a *task* —
+chunks of the model's own sequence forward pass, the fastest way to read one text — and so does scoring
+(/perplexity). Each loop turn advances every task by one chunk and the batch by one step, so a long scoring
+job never stalls generation for long. A lone generating sequence with nothing else to do steps with the
+single-stream decoder (:class:`model.decode.StepDecoder`, the same numbers at half the cost) until other work
+arrives.
 
 Requests wait in a bounded queue; a full queue refuses new work at once (the route answers 429).
 """
