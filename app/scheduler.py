@@ -267,7 +267,7 @@ class Scheduler:
         arrives, then hand its state back to the batch."""
         row = self._rows[0]
         d = row.decoding
-        decoder = StepDecoder(self.model, self._decoder.row_state(0))
+        decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.weights)
         logits = self._logits[0]
         steps = 0
         while not d.done and not row.job.cancelled and not self._pending:
@@ -312,9 +312,10 @@ class Scheduler:
                 finished.add(job)
             else:
                 keep.append(i)
-        self._rows = [rows[i] for i in keep]
-        self._decoder.keep(keep)
-        self._logits = self._logits[keep] if len(keep) != len(rows) else self._logits
+        if len(keep) != len(rows):  # keep is increasing, so equal lengths mean nobody left
+            self._rows = [rows[i] for i in keep]
+            self._decoder.keep(keep)
+            self._logits = self._logits[keep]
         for row, state, next_logits in forks:
             self._add_row(row, state, next_logits)
         for job in finished:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from model.cells import State
+from model.decode import RNNStepWeights
 from model.lm import RNNLM
 
 __all__ = ["BatchDecoder"]
@@ -28,14 +29,7 @@ class BatchDecoder:
         shape = (model.config.num_layers, 0, model.config.hidden_size)
         self.state: State = tuple(torch.empty(shape, device=model.device, dtype=model.w_y.dtype)
                                   for _ in range(n_state))  # each (L, n, H)
-        if self.fast:
-            with torch.no_grad():
-                layers = model.layers
-                self.table = (layers[0].w_xh + layers[0].b_h).detach()  # (V, H): X_t W_xh + b_h per token
-                self.w_hh = [layer.w_hh.detach() for layer in layers]
-                self.w_xh = [layer.w_xh.detach() for layer in layers]
-                self.b_h = [layer.b_h.detach() for layer in layers]
-                self.w_y, self.b_y = model.w_y.detach(), model.b_y.detach()
+        self.weights = RNNStepWeights(model) if self.fast else None
 
     def __len__(self) -> int:
         return self.state[0].shape[1]
@@ -64,12 +58,13 @@ class BatchDecoder:
             return logits[:, 0]
         # Every tensor here is detached, so autograd records nothing even without inference_mode (whose
         # per-call cost, ~10 µs, would be a sixth of a one-row step).
-        x = self.table.index_select(0, tokens.to(self.table.device))  # (n, H): first layer's X W_xh + b_h
+        w = self.weights
+        x = w.table.index_select(0, tokens.to(w.table.device))  # (n, H): first layer's X W_xh + b_h
         h = self.state[0]
         new = []
-        for l in range(len(self.w_hh)):
-            z = x if l == 0 else torch.addmm(self.b_h[l], x, self.w_xh[l])
-            x = z.addmm_(h[l], self.w_hh[l]).tanh_()  # fresh tensor: never written into its own input
+        for l in range(len(w.w_hh)):
+            z = x if l == 0 else torch.addmm(w.b_h[l], x, w.w_xh[l])
+            x = z.addmm_(h[l], w.w_hh[l]).tanh_()  # fresh tensor: never written into its own input
             new.append(x)
         self.state = (new[0][None] if len(new) == 1 else torch.stack(new),)
-        return torch.addmm(self.b_y, x, self.w_y)
+        return torch.addmm(w.b_y, x, w.w_y)
