@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator
 
+import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
@@ -81,7 +82,7 @@ class Engine:
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
         ids = self.vocab.encode(prefix)
-        unknown = int((ids == 0).sum())
+        unknown = _count_unknown(ids)
         loop = asyncio.get_running_loop()
         post = _poster(loop)
         generations = [Generation(prefix, unknown, pieces=asyncio.Queue() if stream else None) for _ in samplers]
@@ -107,12 +108,10 @@ class Engine:
     def _place_prompt(self, job: GenerationJob, generations: list[Generation]) -> None:
         """Where reading the prompt starts: after its longest cached prefix."""
         hit = self.cache.lookup(job.text) if self.cache is not None else None
-        if hit is not None:
+        if hit is not None:  # else job.start stays None: zeros, made in the model's thread
             job.start, job.start_at = hit.state, hit.length
             if hit.length == len(job.text):
                 job.start_logits = hit.logits
-        else:
-            job.start = self.model.init_state(1)
         for g in generations:
             g.cached_chars = job.start_at
 
@@ -127,7 +126,7 @@ class Engine:
                 if self.cache is not None:
                     self.cache.put(job.text, state, logits)
             for d in job.decodings:
-                decoder = StepDecoder(self.model, state)
+                decoder = StepDecoder(self.model, state)  # never None here: iter_warm read at least one id
                 step_logits = logits
                 while not d.done and not job.cancelled:
                     token = d.choose(step_logits)
@@ -161,7 +160,7 @@ class Engine:
         if ids.numel() + (0 if context_ids is None else 1) < 2:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
-        unknown = int((ids == 0).sum()) + (0 if context_ids is None else int((context_ids == 0).sum()))
+        unknown = _count_unknown(ids) + (0 if context_ids is None else _count_unknown(context_ids))
         cached = 0
         state = None
         if context_ids is not None and self.cache is not None:
@@ -223,6 +222,10 @@ class Engine:
                 "prefix_cache_entries": s.prefix_cache_entries,
             },
         }
+
+
+def _count_unknown(ids: torch.Tensor) -> int:
+    return int(np.count_nonzero(ids.numpy() == 0))  # numpy: no GIL round trip on the event loop
 
 
 def _poster(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, object], None]:

@@ -76,7 +76,7 @@ class GenerationJob(Job):
     text: str = ""
     ids: torch.Tensor | None = None  # the prompt's token ids
     decodings: list[Decoding] = field(default_factory=list)
-    start: State | None = None  # the state to start from, after ids[:start_at]
+    start: State | None = None  # the state to start from, after ids[:start_at] (None: zeros)
     start_at: int = 0
     start_logits: torch.Tensor | None = None  # with start_at == len(ids): the next token's scores
     warmup: Generator | None = None  # set by the scheduler: reads all but the prompt's last token as a task
@@ -221,6 +221,8 @@ class Scheduler:
     def _join(self, job: GenerationJob, state: State, at: int, logits: torch.Tensor | None) -> None:
         """Add the job's rows: one row reading ids[at:] (then forking into one per decoding), or — when the
         whole prompt is already read — one generating row per decoding."""
+        if state is None:
+            state = self.model.init_state(1)
         forced = job.ids[at:].tolist()
         if forced:
             self._add_row(Row(job, None, deque(forced)), state, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["UNK", "Vocab"]
@@ -26,9 +27,10 @@ class Vocab:
             raise ValueError("vocab entries must be distinct")
         self.tokens: list[str] = tokens
         self.index: dict[str, int] = {c: i for i, c in enumerate(tokens) if i > 0}
-        # Code point -> id lookup table, so encoding a long text is one gather, not a Python loop.
+        # Code point -> id lookup table, so encoding a long text is one gather, not a Python loop. In numpy:
+        # a server encodes on its event loop, where each torch call would release and re-take the GIL.
         size = max((ord(c) for c in chars), default=0) + 1
-        self._lut = torch.zeros(size, dtype=torch.long)
+        self._lut = np.zeros(size, dtype=np.int64)
         for c, i in self.index.items():
             self._lut[ord(c)] = i
 
@@ -54,9 +56,10 @@ class Vocab:
         """Token ids of ``text`` as a 1-D long tensor; unseen characters become 0 (``<unk>``)."""
         if not text:
             return torch.zeros(0, dtype=torch.long)
-        code_points = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
-        known = code_points < len(self._lut)
-        return torch.where(known, self._lut[code_points.clamp(max=len(self._lut) - 1)], 0)
+        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        ids = self._lut[np.minimum(code_points, len(self._lut) - 1)]
+        ids[code_points >= len(self._lut)] = 0
+        return torch.from_numpy(ids)
 
     def count_unknown(self, text: str) -> int:
         """How many characters of ``text`` are not in the vocabulary."""
