@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from model.inference import iter_warm
 __all__ = ["GenerationJob", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
 
 logger = logging.getLogger("rnnlm")
+
+
+# Longest a turn spends on tasks (scoring, long prompts) while generating sequences wait for their next step.
+TASK_BUDGET_S = 0.005
 
 
 class QueueFull(Exception):
@@ -197,26 +202,37 @@ class Scheduler:
         self._tasks.append(job)
 
     def _advance_tasks(self) -> None:
-        for job in list(self._tasks):
-            steps = job.steps if isinstance(job, TaskJob) else job.warmup
-            if job.cancelled:
-                self._tasks.remove(job)
-                steps.close()
-                self._finish(job, None, None)
-                continue
-            try:
-                next(steps)
-                continue
-            except StopIteration as end:
-                result, error = end.value, None
-            except Exception as e:  # e.g. a ValueError for text too short: the caller turns it into a 4xx
-                result, error = None, e
-            self._tasks.remove(job)
-            if isinstance(job, TaskJob) or error is not None:
-                self._finish(job, result, error)
-            else:  # a long prompt's warm-up is done: its last characters go through the batch
-                state, _ = result
-                self._join(job, state, len(job.ids) - 1, None)
+        """Advance tasks a chunk each, round robin; while sequences wait for their next step, stop once
+        TASK_BUDGET_S has passed, so many long scoring jobs cannot stall generation (the rest go first next
+        turn)."""
+        deadline = time.perf_counter() + TASK_BUDGET_S
+        for _ in range(len(self._tasks)):
+            job = self._tasks.pop(0)
+            if not self._advance(job):
+                self._tasks.append(job)
+            if self._rows and time.perf_counter() > deadline:
+                break
+
+    def _advance(self, job: Job) -> bool:
+        """One chunk of the task; True once it has ended (finished, failed or cancelled)."""
+        steps = job.steps if isinstance(job, TaskJob) else job.warmup
+        if job.cancelled:
+            steps.close()
+            self._finish(job, None, None)
+            return True
+        try:
+            next(steps)
+            return False
+        except StopIteration as end:
+            result, error = end.value, None
+        except Exception as e:  # e.g. a ValueError for text too short: the caller turns it into a 4xx
+            result, error = None, e
+        if isinstance(job, TaskJob) or error is not None:
+            self._finish(job, result, error)
+        else:  # a long prompt's warm-up is done: its last character goes through the batch
+            state, _ = result
+            self._join(job, state, len(job.ids) - 1, None)
+        return True
 
     def _join(self, job: GenerationJob, state: State, at: int, logits: torch.Tensor | None) -> None:
         """Add the job's rows: one row reading ids[at:] (then forking into one per decoding), or — when the
