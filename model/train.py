@@ -377,7 +377,6 @@ def train(args: argparse.Namespace) -> int:
     losses: list[float] = []
     last_time = time.perf_counter()
     epoch = run.step // run.steps_per_epoch
-    val_nll = None
     while run.step < limit and stop.signum is None:
         skip = run.step - epoch * run.steps_per_epoch
         if skip == 0 and run.args.sampling == "sequential":
@@ -396,7 +395,7 @@ def train(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss=f"{recent:.3f}", ppl=f"{math.exp(recent):.2f}",
                                 tok_s=f"{run.tokens_seen / max(run.wall_time, 1e-9):,.0f}", refresh=False)
             if run.step % args.eval_every == 0 or run.step == limit:
-                val_nll = evaluate(run, losses, bar, final=run.step == limit)
+                evaluate(run, losses, bar, final=run.step == limit)
                 losses = []
                 last_time = time.perf_counter()
             if run.step >= limit or stop.signum is not None:
