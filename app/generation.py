@@ -63,16 +63,16 @@ class Decoding:
         self.vocab = vocab
         self.remaining = num_tokens
         self.sampler = sampler
+        self.greedy = sampler.greedy
         self.rng = sampler.generator()
         self.scanner = StopScanner(stops)
         self.top_logprobs = top_logprobs
         self.post = post  # runs a callback on the client's event loop (thread-safe)
         self.generated: list[int] = []  # every token read, also past a stop sequence (the state has read them)
         self.done = num_tokens == 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.sampler.greedy
+        # Nothing to do per token but count: no stop sequences, no logprobs, no stream. The completion is
+        # decoded once at the end (the batch's per-row bookkeeping is a large part of a step's Python).
+        self.plain = not self.scanner.stops and top_logprobs is None and generation.pieces is None
 
     def choose(self, logits: torch.Tensor) -> int:
         return self.sampler.choose(logits, self.rng)
@@ -80,6 +80,13 @@ class Decoding:
     def accept(self, token: int, logits: torch.Tensor | None) -> bool:
         """Record ``token`` (chosen from ``logits``, needed only for logprobs); True once the sequence is
         finished."""
+        if self.plain:
+            self.generated.append(token)
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.generation.completion = self.vocab.decode(self.generated)
+                self.done = True
+            return self.done
         g = self.generation
         char = self.vocab.tokens[token]
         self.generated.append(token)

@@ -263,14 +263,14 @@ class Scheduler:
         # re-take can wait for the event loop thread.
         scores = logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
         tokens = scores[:, 1:].argmax(axis=1) + 1  # greedy, never <unk> (id 0)
-        for i, row in enumerate(rows):
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
             if row.forced:
                 tokens[i] = row.forced.popleft()
             elif not row.job.cancelled:
                 d = row.decoding
                 if not d.greedy:
-                    tokens[i] = d.choose(logits[i])
-                d.accept(int(tokens[i]), logits[i] if d.top_logprobs is not None else None)
+                    tokens[i] = token = d.choose(logits[i])
+                d.accept(token, logits[i] if d.top_logprobs is not None else None)
         self._logits = self._decoder.step(torch.from_numpy(tokens))
         self._settle(rows)
 
