@@ -126,7 +126,8 @@ def test_a_full_queue_answers_429_with_the_error_body(weights_file, tmp_path):
     try:
         responses = asyncio.run(post_all(base, [("/predict", {"prefix": "All:", "num_tokens": 2000})] * 12))
         codes = sorted(r.status_code for r in responses)
-        assert codes.count(200) >= 3 and codes.count(429) >= 1, codes
+        # The queue's two places are always served; the running one may still be queued when the rest arrive.
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         assert set(codes) <= {200, 429}
         refused = next(r for r in responses if r.status_code == 429)
         assert_error(refused, 429)
