@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator
 
-import numpy as np
-import torch
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError
@@ -82,7 +80,7 @@ class Engine:
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
         ids = self.vocab.encode(prefix)
-        unknown = _count_unknown(ids)
+        unknown = self.vocab.count_unknown(ids)
         loop = asyncio.get_running_loop()
         post = _poster(loop)
         generations = [Generation(prefix, unknown, pieces=asyncio.Queue() if stream else None) for _ in samplers]
@@ -127,11 +125,7 @@ class Engine:
                     self.cache.put(job.text, state, logits)
             for d in job.decodings:
                 decoder = StepDecoder(self.model, state)  # never None here: iter_warm read at least one id
-                step_logits = logits
-                while not d.done and not job.cancelled:
-                    token = d.choose(step_logits)
-                    d.accept(token, step_logits)
-                    step_logits = decoder.step(token)
+                step_logits = d.run(decoder, logits, lambda: job.cancelled)
                 if self.cache is not None and d.generated:
                     self.cache.put(d.text_read, decoder.state, step_logits.clone())
                 d.finish()
@@ -160,7 +154,7 @@ class Engine:
         if ids.numel() + (0 if context_ids is None else 1) < 2:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
-        unknown = _count_unknown(ids) + (0 if context_ids is None else _count_unknown(context_ids))
+        unknown = self.vocab.count_unknown(ids) + (0 if context_ids is None else self.vocab.count_unknown(context_ids))
         cached = 0
         state = None
         if context_ids is not None and self.cache is not None:
@@ -222,10 +216,6 @@ class Engine:
                 "prefix_cache_entries": s.prefix_cache_entries,
             },
         }
-
-
-def _count_unknown(ids: torch.Tensor) -> int:
-    return int(np.count_nonzero(ids.numpy() == 0))  # numpy: no GIL round trip on the event loop
 
 
 def _poster(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, object], None]:

@@ -15,6 +15,7 @@ import torch
 
 from app.stops import StopScanner
 from model import Vocab
+from model.decode import StepDecoder
 from model.sampling import Sampler
 
 __all__ = ["Decoding", "Generation", "TokenInfo"]
@@ -75,7 +76,18 @@ class Decoding:
         self.plain = not self.scanner.stops and top_logprobs is None and generation.pieces is None
 
     def choose(self, logits: torch.Tensor) -> int:
+        if self.greedy and logits.device.type == "cpu":
+            return int(logits.numpy()[1:].argmax()) + 1  # as Sampler's argmax, never <unk>, without torch calls
         return self.sampler.choose(logits, self.rng)
+
+    def run(self, decoder: StepDecoder, logits: torch.Tensor, interrupted: Callable[[], bool]) -> torch.Tensor:
+        """Generate alone, one token at a time with ``decoder`` from ``logits`` (the next token's scores),
+        until done or ``interrupted()``; returns the scores after the last token read."""
+        while not self.done and not interrupted():
+            token = self.choose(logits)
+            self.accept(token, logits if self.top_logprobs is not None else None)
+            logits = decoder.step(token)
+        return logits
 
     def accept(self, token: int, logits: torch.Tensor | None) -> bool:
         """Record ``token`` (chosen from ``logits``, needed only for logprobs); True once the sequence is

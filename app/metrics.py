@@ -31,13 +31,13 @@ class _EngineCollector:
         self.scheduler, self.cache = engine.scheduler, engine.cache
 
     def collect(self):
-        if self.scheduler is not None:
-            yield GaugeMetricFamily("rnnlm_batch_rows", "Sequences in the running batch", value=self.scheduler.batch_rows)
-            yield GaugeMetricFamily("rnnlm_queued_requests", "Requests waiting for the batch",
-                                    value=self.scheduler.queued)
-            yield CounterMetricFamily("rnnlm_batch_steps", "Batch steps run", value=self.scheduler.steps)
+        s = self.scheduler
+        if s is not None:
+            yield GaugeMetricFamily("rnnlm_batch_rows", "Sequences in the running batch", value=s.batch_rows)
+            yield GaugeMetricFamily("rnnlm_queued_requests", "Requests waiting for the batch", value=s.queued)
+            yield CounterMetricFamily("rnnlm_batch_steps", "Batch steps run", value=s.steps)
             yield CounterMetricFamily("rnnlm_batch_rows_stepped", "Sequences stepped, summed over steps "
-                                      "(÷ rnnlm_batch_steps_total = mean batch size)", value=self.scheduler.rows_stepped)
+                                      "(÷ rnnlm_batch_steps_total = mean batch size)", value=s.rows_stepped)
         cache = self.cache
         if cache is not None:
             yield GaugeMetricFamily("rnnlm_prefix_cache_entries", "Prompts whose state is cached", value=len(cache))

@@ -61,6 +61,7 @@ def prepare_model_thread(threads: int, flush_denormal: bool) -> None:
 class Job:
     on_done: Callable[[object, BaseException | None], None]  # called once, from the scheduler thread
     cancelled: bool = False
+    steps: Generator | None = None  # work done a chunk at a time: yields between chunks, returns the result
 
     @property
     def width(self) -> int:  # batch rows the job will occupy
@@ -69,9 +70,7 @@ class Job:
 
 @dataclass(eq=False)
 class TaskJob(Job):
-    """Work done a chunk at a time: a generator that yields between chunks and returns the result."""
-
-    steps: Generator | None = None
+    """Work done a chunk at a time (``steps``) whose result is the job's result: scoring."""
 
 
 @dataclass(eq=False)
@@ -84,7 +83,6 @@ class GenerationJob(Job):
     start: State | None = None  # the state to start from, after ids[:start_at] (None: zeros)
     start_at: int = 0
     start_logits: torch.Tensor | None = None  # with start_at == len(ids): the next token's scores
-    warmup: Generator | None = None  # set by the scheduler: reads all but the prompt's last token as a task
 
     @property
     def width(self) -> int:
@@ -195,7 +193,8 @@ class Scheduler:
             # Reading a prompt through the batch pays off when other rows share the steps; alone, or for a
             # long prompt, the model's sequence forward pass reads it faster.
             if rest > self.prefill_chars or (alone and rest > 1):
-                job.warmup = iter_warm(self.model, job.ids[job.start_at : -1], job.start, self.chunk_chars)
+                # steps: the warm-up, reading all but the prompt's last token as a task
+                job.steps = iter_warm(self.model, job.ids[job.start_at : -1], job.start, self.chunk_chars)
             else:
                 self._join(job, job.start, job.start_at, job.start_logits)
                 return
@@ -215,7 +214,7 @@ class Scheduler:
 
     def _advance(self, job: Job) -> bool:
         """One chunk of the task; True once it has ended (finished, failed or cancelled)."""
-        steps = job.steps if isinstance(job, TaskJob) else job.warmup
+        steps = job.steps
         if job.cancelled:
             steps.close()
             self._finish(job, None, None)
@@ -286,13 +285,9 @@ class Scheduler:
         row = self._rows[0]
         d = row.decoding
         decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.weights)
-        logits = self._logits[0]
-        steps = 0
-        while not d.done and not row.job.cancelled and not self._pending:
-            token = int(logits.numpy()[1:].argmax()) + 1 if d.greedy else d.choose(logits)
-            d.accept(token, logits if d.top_logprobs is not None else None)
-            logits = decoder.step(token)
-            steps += 1
+        already = len(d.generated)
+        logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or bool(self._pending))
+        steps = len(d.generated) - already
         self.steps += steps
         self.rows_stepped += steps
         self._decoder.state = decoder.state
@@ -340,9 +335,7 @@ class Scheduler:
             self._check_job_done(job)
 
     def _check_job_done(self, job: GenerationJob) -> None:
-        if job.cancelled and not any(r.job is job for r in self._rows):
-            self._finish(job, None, None)
-        elif all(d.done for d in job.decodings) and not any(r.job is job for r in self._rows):
+        if (job.cancelled or all(d.done for d in job.decodings)) and not any(r.job is job for r in self._rows):
             self._finish(job, None, None)
 
     def _finish(self, job: Job, result, error: BaseException | None) -> None:
