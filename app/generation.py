@@ -76,8 +76,6 @@ class Decoding:
         self.plain = not self.scanner.stops and top_logprobs is None and generation.pieces is None
 
     def choose(self, logits: torch.Tensor) -> int:
-        if self.greedy and logits.device.type == "cpu":
-            return int(logits.numpy()[1:].argmax()) + 1  # as Sampler's argmax, never <unk>, without torch calls
         return self.sampler.choose(logits, self.rng)
 
     def run(self, decoder: StepDecoder, logits: torch.Tensor, interrupted: Callable[[], bool]) -> torch.Tensor:

