@@ -44,10 +44,6 @@ class _TanhRecurrence(torch.autograd.Function):
 
 def _forward_states(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     # xw: (T, B, H) input projections with the bias already added; h0: (B, H)
-    if on_cpu(xw, w_hh, h0):  # numpy's calls cost less at this size (model/tanh_cpu.py)
-        states = torch.empty_like(xw)
-        tanh_states(xw.detach().numpy(), w_hh.detach().numpy(), h0.detach().numpy(), states.numpy())
-        return states
     states = xw.clone()  # (T, B, H); step t turns states[t] from X_t W_xh + b_h into H_t in place
     h = h0
     for h_t in states.unbind(0):  # views made once, not indexed three times per step
@@ -61,4 +57,10 @@ def tanh_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> t
     """All states H_1..H_T, shape (T, B, H), of ``H_t = tanh(xw_t + H_{t-1} @ w_hh)`` from ``H_0 = h0``."""
     if torch.is_grad_enabled() and (xw.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return _TanhRecurrence.apply(xw, w_hh, h0)
+    if on_cpu(xw, w_hh, h0):
+        # Inference: numpy's calls cost less at this size (model/tanh_cpu.py). Not while training: there
+        # OpenBLAS's threads and torch's OpenMP threads took turns spinning, and a B = 64 step ran 2x slower.
+        states = torch.empty_like(xw)
+        tanh_states(xw.detach().numpy(), w_hh.detach().numpy(), h0.detach().numpy(), states.numpy())
+        return states
     return _forward_states(xw, w_hh, h0)

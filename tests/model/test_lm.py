@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +8,8 @@ from model import LMConfig, RNNLM
 from tests.model.torch_reference import TorchReference, notebook_rnn_logits
 
 CELLS = ["rnn", "gru", "lstm"]
+# Recording a graph runs the recurrence in torch; inference runs the tanh RNN's loop in numpy on the CPU.
+GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_mode}
 
 
 def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0) -> RNNLM:
@@ -13,13 +17,15 @@ def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: 
     return RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers))
 
 
+@pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_logits_and_final_state_match_torch_nn(cell, layers):
+def test_logits_and_final_state_match_torch_nn(cell, layers, mode):
     model = make_model(cell, layers)
     reference = TorchReference(model)
     tokens = torch.randint(0, 11, (3, 9))
-    logits, state = model(tokens)
+    with GRAD_MODES[mode]():
+        logits, state = model(tokens)
     ref_logits, ref_state = reference(tokens)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
     assert len(state) == len(ref_state)
@@ -27,14 +33,16 @@ def test_logits_and_final_state_match_torch_nn(cell, layers):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_logits_match_torch_nn_from_a_given_state(cell, layers):
+def test_logits_match_torch_nn_from_a_given_state(cell, layers, mode):
     model = make_model(cell, layers)
     reference = TorchReference(model)
     tokens = torch.randint(0, 11, (2, 5))
     state = tuple(torch.randn_like(s) for s in model.init_state(2))
-    logits, final = model(tokens, state)
+    with GRAD_MODES[mode]():
+        logits, final = model(tokens, state)
     ref_logits, ref_final = reference(tokens, state)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
     for ours, theirs in zip(final, ref_final):
