@@ -1,7 +1,8 @@
 """Load test: the real server on 127.0.0.1 driven by an httpx async load generator at 1, 8 and 64 concurrent
 clients, each sending /predict (N = 200 tokens, greedy, prefixes drawn from the corpus) back to back for a
-bounded time. The same load then runs against the server with batching and the prefix cache switched off,
-in the same run, and the ratio is printed.
+bounded time. The same load then runs, in the same run, against the server with batching and the prefix cache
+switched off, and against a server that runs the notebook's predict loop per request
+(benchmarks/notebook_server.py); the ratios are printed.
 
     python benchmarks/load.py [--weights weights/rnn.safetensors] [--clients 1 8 64] [--tokens 200]
                               [--seconds 10] [--corpus ../shared/data/tinyshakespeare.txt]
@@ -25,9 +26,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import start_server, stop_server  # noqa: E402
 
-MODES = {
-    "batching + cache": {},
-    "batching/cache off": {"RNNLM_BATCHING": "false", "RNNLM_PREFIX_CACHE_ENTRIES": "0"},
+MODES = {  # name: (server module, environment)
+    "batching + cache": ("app", {}),
+    "batching/cache off": ("app", {"RNNLM_BATCHING": "false", "RNNLM_PREFIX_CACHE_ENTRIES": "0"}),
+    "notebook loop": ("benchmarks.notebook_server", {}),
 }
 
 
@@ -109,9 +111,9 @@ def main() -> None:
 
     pool = ProcessPoolExecutor(args.processes) if args.processes > 1 else None
     results: dict[tuple[str, int], dict] = {}
-    for mode, env in MODES.items():
+    for mode, (module, env) in MODES.items():
         with tempfile.TemporaryDirectory() as tmp:
-            base, proc = start_server(args.weights, Path(tmp) / "server.log", **env)
+            base, proc = start_server(args.weights, Path(tmp) / "server.log", module, **env)
             try:
                 for clients in args.clients:
                     run_load(base, clients, 1.0, args.tokens, prefixes, pool)  # warm-up
@@ -121,11 +123,13 @@ def main() -> None:
                           f"errors {r['errors']}  ({r['requests']} requests)", flush=True)
             finally:
                 stop_server(proc)
-    on, off = MODES
+    on, *baselines = MODES
     for clients in args.clients:
-        a, b = results[on, clients], results[off, clients]
-        print(f"{clients:>3} clients: batching + cache / off = {a['tokens/s'] / b['tokens/s']:.2f}x tokens/s, "
-              f"p50 {a['p50 ms']:.1f} vs {b['p50 ms']:.1f} ms")
+        a = results[on, clients]
+        for baseline in baselines:
+            b = results[baseline, clients]
+            print(f"{clients:>3} clients: {on} / {baseline} = {a['tokens/s'] / b['tokens/s']:.2f}x tokens/s, "
+                  f"p50 {a['p50 ms']:.1f} vs {b['p50 ms']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(weights: str, log_path, **env: str):
-    """``python -m app`` (what ``rnnlm-serve`` runs) on a free 127.0.0.1 port; returns (base URL, process) once
-    /ready answers 200 (at most 30 s)."""
+def start_server(weights: str, log_path, module: str = "app", **env: str):
+    """``python -m app`` (what ``rnnlm-serve`` runs; or another ``module`` taking the same options) on a free
+    127.0.0.1 port; returns (base URL, process) once /ready answers 200 (at most 30 s)."""
     port = free_port()
     log = open(log_path, "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port),
                              "--weights", weights, "--log-level", "warning"],
                             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log
