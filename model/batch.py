@@ -2,7 +2,8 @@
 
 Each row of the batch is one sequence with its own state. A step reads one token per row and returns the
 logits (n, V) for every row's next token: one (n × H) @ (H × H) matmul per layer instead of n matvecs, which
-is where batching wins (a matvec is bound by reading W_hh; a matmul reuses it n times).
+is where batching wins (a matvec is bound by reading W_hh; a matmul reuses it n times). For the tanh RNN on
+the CPU the step is :class:`model.tanh_cpu.TanhStep` (numpy); otherwise the model's forward pass on one token.
 
 Rows join and leave between steps (:meth:`BatchDecoder.add`, :meth:`BatchDecoder.keep`); a row's state never
 depends on the other rows. Every step writes fresh tensors, so the states handed in (a prefix cache's, say)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from model import LMConfig, RNNLM, Vocab, generate, score, warm
+from tests.model.torch_reference import TorchReference
 
 CELLS = ["rnn", "gru", "lstm"]
 
@@ -85,17 +86,19 @@ def test_scoring_text_too_short_is_an_error():
 
 
 def hand_written_greedy(model: RNNLM, prefix: list[int], n: int) -> list[int]:
-    """Step the model one token at a time over the prefix, then argmax (excluding id 0) and feed back."""
+    """Step torch.nn's module with the model's weights one token at a time over the prefix, then argmax
+    (excluding id 0) and feed back."""
+    reference = TorchReference(model)
     state = model.init_state(1)
     with torch.no_grad():
         for token in prefix:
-            logits, state = model(torch.tensor([[token]]), state)
+            logits, state = reference(torch.tensor([[token]]), state)
         out = []
         for _ in range(n):
             scores = logits[0, -1].clone()
             scores[0] = -float("inf")
             out.append(int(scores.argmax()))
-            logits, state = model(torch.tensor([[out[-1]]]), state)
+            logits, state = reference(torch.tensor([[out[-1]]]), state)
     return out
 
 
@@ -144,10 +147,11 @@ def test_a_vocab_encodes_text_the_model_can_score():
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_decoder_equals_the_model_forward_one_token_at_a_time(cell, layers):
+def test_step_decoder_equals_torch_nn_one_token_at_a_time(cell, layers):
     from model.decode import StepDecoder
 
     model = make_model(cell, layers=layers)
+    torch_nn = TorchReference(model)
     state = tuple(torch.randn_like(s) for s in model.init_state(1))
     decoder = StepDecoder(model, state)
     assert decoder.fast == (cell == "rnn")
@@ -155,7 +159,7 @@ def test_step_decoder_equals_the_model_forward_one_token_at_a_time(cell, layers)
     for token in [3, 1, 4, 1, 5, 9, 2, 6]:
         logits = decoder.step(token).clone()
         with torch.no_grad():
-            expected, reference = model(torch.tensor([[token]]), reference)
+            expected, reference = torch_nn(torch.tensor([[token]]), reference)
         torch.testing.assert_close(logits, expected[0, 0], atol=1e-5, rtol=1e-5)
     for ours, theirs in zip(decoder.state, reference):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
