@@ -14,6 +14,7 @@ def make_model(cell="rnn", layers=1, vocab=12, hidden=24, seed=0) -> RNNLM:
     torch.manual_seed(seed)
     model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers)).eval()
     with torch.no_grad():  # sharper, livelier weights, so greedy paths are not one repeated character
+        model.b_y.uniform_(-1, 1)  # zeros at initialisation: give the output bias something to get wrong
         for p in model.parameters():
             p.mul_(4)
     return model

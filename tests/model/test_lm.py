@@ -14,7 +14,10 @@ GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_
 
 def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0) -> RNNLM:
     torch.manual_seed(seed)
-    return RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers))
+    model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers))
+    with torch.no_grad():
+        model.b_y.uniform_(-1, 1)  # zeros at initialisation: give the output bias something to get wrong
+    return model
 
 
 @pytest.mark.parametrize("mode", GRAD_MODES)
