@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnlm-serve: error: {e}", file=sys.stderr)
         return 2
     os.environ["RNNLM_WEIGHTS"] = args.weights  # the app (and every worker) reads its settings from here
+    os.environ["RNNLM_WORKERS"] = str(args.workers)  # each worker sizes its BLAS threads by the count
     uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0

@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator
 
 from starlette.concurrency import run_in_threadpool
 
+from app.cpus import blas_threads_per_worker, limit_blas_threads, usable_cpus
 from app.errors import ApiError
 from app.generation import Decoding, Generation
 from app.prefix_cache import PrefixCache
@@ -27,8 +28,9 @@ __all__ = ["Engine", "Generation"]
 
 
 class Engine:
-    def __init__(self, loaded: LoadedWeights, settings: Settings):
+    def __init__(self, loaded: LoadedWeights, settings: Settings, blas_threads: int = 0):
         self.loaded = loaded
+        self.blas_threads = blas_threads  # OpenBLAS threads in effect in this process (0: not set here)
         self.settings = settings
         self.model = loaded.model
         self.vocab = loaded.vocab
@@ -44,7 +46,9 @@ class Engine:
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
-        return cls(load_weights(settings.weights, device=settings.device), settings)
+        """Load the weight file and size this worker's OpenBLAS pool (process-wide: app/cpus.py)."""
+        blas = limit_blas_threads(blas_threads_per_worker(settings.blas_threads, settings.workers, usable_cpus()))
+        return cls(load_weights(settings.weights, device=settings.device), settings, blas)
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -214,6 +218,8 @@ class Engine:
                 "max_batch_size": s.max_batch_size,
                 "max_queue": s.max_queue,
                 "prefix_cache_entries": s.prefix_cache_entries,
+                "workers": s.workers,
+                "blas_threads": self.blas_threads,
             },
         }
 

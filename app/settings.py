@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="worker processes, each with its own model, batch, cache and metrics")
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
     flush_denormal: bool = Field(True, description="flush denormal floats to zero in the model's threads")
     model_threads: int = Field(1, ge=1, description="torch intra-op threads of each thread that runs the model")
+    blas_threads: int = Field(0, ge=0, description="OpenBLAS threads per worker for the CPU step "
+                              "(0: the usable cores shared out between the workers, at least 1)")
 
     @property
     def cors_origin_list(self) -> list[str]:

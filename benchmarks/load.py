@@ -1,8 +1,9 @@
 """Load test: the real server on 127.0.0.1 driven by an httpx async load generator at 1, 8 and 64 concurrent
 clients, each sending /predict (N = 200 tokens, greedy, prefixes drawn from the corpus) back to back for a
-bounded time. The same load then runs, in the same run, against the server with batching and the prefix cache
-switched off, and against a server that runs the notebook's predict loop per request
-(benchmarks/notebook_server.py); the ratios are printed.
+bounded time: the default server (one worker) and, on a machine with several usable cores, one worker per
+core (``RNNLM_WORKERS``, each with its share of OpenBLAS threads). The same load then runs, in the same run,
+against the server with batching and the prefix cache switched off, and against a server that runs the
+notebook's predict loop per request (benchmarks/notebook_server.py); the ratios are printed.
 
     python benchmarks/load.py [--weights weights/rnn.safetensors] [--clients 1 8 64] [--tokens 200]
                               [--seconds 10] [--corpus ../shared/data/tinyshakespeare.txt]
@@ -24,13 +25,19 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.cpus import usable_cpus  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
-MODES = {  # name: (server module, environment)
+CORES = usable_cpus()
+SERVED = {  # name: (server module, environment)
     "batching + cache": ("app", {}),
+    **({f"{CORES} workers": ("app", {"RNNLM_WORKERS": str(CORES)})} if CORES > 1 else {}),
+}
+BASELINES = {
     "batching/cache off": ("app", {"RNNLM_BATCHING": "false", "RNNLM_PREFIX_CACHE_ENTRIES": "0"}),
     "notebook loop": ("benchmarks.notebook_server", {}),
 }
+MODES = {**SERVED, **BASELINES}
 
 
 async def run_clients(base: str, clients: int, seconds: float, tokens: int, prefixes: list[str],
@@ -123,13 +130,13 @@ def main() -> None:
                           f"errors {r['errors']}  ({r['requests']} requests)", flush=True)
             finally:
                 stop_server(proc)
-    on, *baselines = MODES
     for clients in args.clients:
-        a = results[on, clients]
-        for baseline in baselines:
-            b = results[baseline, clients]
-            print(f"{clients:>3} clients: {on} / {baseline} = {a['tokens/s'] / b['tokens/s']:.2f}x tokens/s, "
-                  f"p50 {a['p50 ms']:.1f} vs {b['p50 ms']:.1f} ms")
+        for served in SERVED:
+            a = results[served, clients]
+            for baseline in BASELINES:
+                b = results[baseline, clients]
+                print(f"{clients:>3} clients: {served} / {baseline} = {a['tokens/s'] / b['tokens/s']:.2f}x tokens/s, "
+                      f"p50 {a['p50 ms']:.1f} vs {b['p50 ms']:.1f} ms")
 
 
 if __name__ == "__main__":
