@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 import uvicorn
 
@@ -32,8 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["RNNLM_WEIGHTS"] = args.weights  # the app (and every worker) reads its settings from here
     os.environ["RNNLM_WORKERS"] = str(args.workers)  # each worker sizes its BLAS threads by the count
-    uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, timeout_graceful_shutdown=10)
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A scrape reaches one worker: all of them write their metrics here, and it reports the sum.
+        metrics_dir = tempfile.mkdtemp(prefix="rnnlm-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.log_level, timeout_graceful_shutdown=10)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from contextlib import asynccontextmanager
 
@@ -12,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.engine import Engine
 from app.scheduler import prepare_model_thread
 from app.errors import install_error_handlers
-from app.metrics import Metrics
+from app.metrics import PUBLISH_EVERY_S, Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.routes import openai, ops, page, perplexity, predict
 from app.schemas import ErrorBody
@@ -38,6 +40,13 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text} for code, tex
     (503, "model not loaded yet")]}
 
 
+async def _publish_metrics(metrics: Metrics) -> None:
+    """Several workers: publish this worker's engine figures for the other workers' scrapes, once a second."""
+    while True:
+        await asyncio.sleep(PUBLISH_EVERY_S)
+        metrics.publish()
+
+
 def create_app(settings: Settings | None = None, *, load_model: bool = True) -> FastAPI:
     settings = settings or Settings()
 
@@ -51,7 +60,11 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
             app.state.metrics.watch(app.state.engine)
             app.state.metrics.model_loaded.set(1)
             logger.info("serving %s (%s)", settings.weights, app.state.engine.model.config)
+        publisher = asyncio.create_task(_publish_metrics(app.state.metrics)) if app.state.metrics.shared else None
         yield
+        if publisher is not None:
+            publisher.cancel()
+        app.state.metrics.close()
         engine, app.state.engine = app.state.engine, None
         if engine is not None:
             engine.close()

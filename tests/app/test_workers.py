@@ -1,8 +1,11 @@
-"""Sizing OpenBLAS per worker: usable cores from affinity and cgroup quotas (files made by the tests), the share
-per worker, and a real two-worker server whose every worker runs the share and answers as one alone."""
+"""Several worker processes: OpenBLAS sized per worker (usable cores from affinity and cgroup quotas, in files
+made by the tests; the share per worker), and a real two-worker server whose every worker runs its share,
+answers as one worker alone, and whose /metrics report the sum over both workers whichever one answers."""
 
 import asyncio
 import os
+import re
+import time
 
 import httpx
 import pytest
@@ -39,7 +42,7 @@ def test_blas_threads_share_the_cores_between_workers(requested, workers, cpus, 
     assert blas_threads_per_worker(requested, workers, cpus) == expected
 
 
-def test_a_two_worker_server_runs_its_share_of_blas_threads_and_answers_as_alone(tmp_path):
+def test_a_two_worker_server_runs_its_share_of_blas_threads_answers_as_alone_and_sums_its_metrics(tmp_path):
     shipped = load_weights(SHIPPED)
     base, proc = start_server(SHIPPED, tmp_path / "server.log", RNNLM_WORKERS="2")
     try:
@@ -51,5 +54,27 @@ def test_a_two_worker_server_runs_its_share_of_blas_threads_and_answers_as_alone
         for p, r in zip(texts, responses):
             assert r.status_code == 200, r.text
             assert r.json()["completion"] == library_greedy(shipped, p, 100), p
+        # Request counters are written as they happen; the engine's figures within a publishing interval.
+        deadline = time.monotonic() + 10
+        while True:
+            scrapes = [httpx.get(f"{base}/metrics").text for _ in range(4)]
+            stepped = [sample(t, "rnnlm_batch_rows_stepped_total") for t in scrapes]
+            if all(rows >= 16 * 100 for rows in stepped) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for text in scrapes:
+            assert sample(text, "rnnlm_generated_tokens_total") == 16 * 100
+            assert sample(text, "rnnlm_requests_total", route="/predict", status="200") == 16
+            assert sample(text, "rnnlm_model_loaded") == 1
+            assert sample(text, "rnnlm_batch_rows_stepped_total") >= 16 * 100  # every token read is a row step
     finally:
         stop_server(proc)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, its labels in any order (0 when absent)."""
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(?:{{(.*)}})? (\S+)", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            return float(match.group(2))
+    return 0.0
