@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="worker processes, each with its own model, batch, cache and metrics")
+    workers: int = Field(1, ge=1, description="worker processes, each with its own model, batch and prefix cache")
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
