@@ -284,7 +284,7 @@ class Scheduler:
         arrives, then hand its state back to the batch."""
         row = self._rows[0]
         d = row.decoding
-        decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.tanh_step)
+        decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.cpu_step)
         already = len(d.generated)
         logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or bool(self._pending))
         steps = len(d.generated) - already

@@ -2,8 +2,8 @@
 
 Each row of the batch is one sequence with its own state. A step reads one token per row and returns the
 logits (n, V) for every row's next token: one (n × H) @ (H × H) matmul per layer instead of n matvecs, which
-is where batching wins (a matvec is bound by reading W_hh; a matmul reuses it n times). For the tanh RNN on
-the CPU the step is :class:`model.tanh_cpu.TanhStep` (numpy); otherwise the model's forward pass on one token.
+is where batching wins (a matvec is bound by reading W_hh; a matmul reuses it n times). On the CPU the step
+is :class:`model.cpu_step.CPUStep` (numpy); on other devices the model's forward pass on one token.
 
 Rows join and leave between steps (:meth:`BatchDecoder.add`, :meth:`BatchDecoder.keep`); a row's state never
 depends on the other rows. Every step writes fresh tensors, so the states handed in (a prefix cache's, say)
@@ -18,7 +18,7 @@ from torch import Tensor
 from model.cells import State
 from model.decode import has_fast_step
 from model.lm import RNNLM
-from model.tanh_cpu import TanhStep
+from model.cpu_step import CPUStep
 
 __all__ = ["BatchDecoder"]
 
@@ -31,7 +31,7 @@ class BatchDecoder:
         shape = (model.config.num_layers, 0, model.config.hidden_size)
         self.state: State = tuple(torch.empty(shape, device=model.device, dtype=model.w_y.dtype)
                                   for _ in range(n_state))  # each (L, n, H)
-        self.tanh_step = TanhStep(model) if self.fast else None
+        self.cpu_step = CPUStep(model) if self.fast else None
 
     def __len__(self) -> int:
         return self.state[0].shape[1]
@@ -58,6 +58,6 @@ class BatchDecoder:
             with torch.inference_mode():
                 logits, self.state = self.model(tokens.to(self.model.device).reshape(-1, 1), self.state)
             return logits[:, 0]
-        state, logits = self.tanh_step(tokens.numpy(), self.state[0].numpy())
-        self.state = (torch.from_numpy(state),)
+        state, logits = self.cpu_step(tokens.numpy(), tuple(s.numpy() for s in self.state))
+        self.state = tuple(torch.from_numpy(s) for s in state)
         return torch.from_numpy(logits)

@@ -24,14 +24,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.cpu_step import on_cpu, read_sequence
 from model.recurrence import tanh_recurrence
 
 __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "State"]
 
 State = tuple[Tensor, ...]
 
+# When no gradient is recorded, a layer reads a sequence in numpy (model/cpu_step.py) if it is at least
+# NUMPY_MIN_STEPS long and at most NUMPY_MAX_BATCH wide; measured here (2 threads, H = 512, same runs):
+# - one stream: numpy 37–51k states/s against torch's 22–32k (tanh RNN), 5.6–6.4k against 3.1–4.1k (2 × 512
+#   GRU); a batch of 16 or 64 is better in torch (64: 68–85k against 100k), whose two OpenMP threads share
+#   the larger matmuls;
+# - each switch between torch's OpenMP threads and OpenBLAS's makes one pool wait for the other's spinning
+#   threads, so a few steps per call do not pay: the GRU called once per token ran 115 tok/s with numpy
+#   against 1,879 with torch.
+# Training (recording a graph) stays in torch: with the numpy loop a B = 64 tanh RNN step ran 2× slower.
+NUMPY_MIN_STEPS = 16
+NUMPY_MAX_BATCH = 4
+
 
 class RecurrentLayer(nn.Module):
+    cell = "rnn"  # the name in CELLS
     num_gates = 1
     num_state_tensors = 1  # h, or (h, c) for the LSTM
 
@@ -58,7 +72,12 @@ class RecurrentLayer(nn.Module):
         return torch.addmm(self.b_h, x.reshape(steps * batch, -1), self.w_xh).view(steps, batch, -1)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.recurrence(self.project_inputs(x), state)
+        xw = self.project_inputs(x)
+        recording = torch.is_grad_enabled() and (xw.requires_grad or any(s.requires_grad for s in state))
+        steps, batch = xw.shape[:2]
+        if not recording and steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state):
+            return read_sequence(self.cell, xw, state, self)  # numpy's calls cost less at this size
+        return self.recurrence(xw, state)
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -73,6 +92,7 @@ class RNNLayer(RecurrentLayer):
 
 
 class GRULayer(RecurrentLayer):
+    cell = "gru"
     num_gates = 3
 
     def __init__(self, input_size: int, hidden_size: int):
@@ -94,6 +114,7 @@ class GRULayer(RecurrentLayer):
 
 
 class LSTMLayer(RecurrentLayer):
+    cell = "lstm"
     num_gates = 4
     num_state_tensors = 2
 

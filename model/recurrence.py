@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from model.tanh_cpu import on_cpu, tanh_states
-
 __all__ = ["tanh_recurrence"]
 
 
@@ -57,10 +55,4 @@ def tanh_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> t
     """All states H_1..H_T, shape (T, B, H), of ``H_t = tanh(xw_t + H_{t-1} @ w_hh)`` from ``H_0 = h0``."""
     if torch.is_grad_enabled() and (xw.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return _TanhRecurrence.apply(xw, w_hh, h0)
-    if on_cpu(xw, w_hh, h0):
-        # Inference: numpy's calls cost less at this size (model/tanh_cpu.py). Not while training: there
-        # OpenBLAS's threads and torch's OpenMP threads took turns spinning, and a B = 64 step ran 2x slower.
-        states = torch.empty_like(xw)
-        tanh_states(xw.detach().numpy(), w_hh.detach().numpy(), h0.detach().numpy(), states.numpy())
-        return states
     return _forward_states(xw, w_hh, h0)

@@ -155,7 +155,7 @@ def test_step_decoder_equals_torch_nn_one_token_at_a_time(cell, layers):
     torch_nn = TorchReference(model)
     state = tuple(torch.randn_like(s) for s in model.init_state(1))
     decoder = StepDecoder(model, state)
-    assert decoder.fast == (cell == "rnn")
+    assert decoder.fast  # on the CPU every cell steps in numpy
     reference = state
     for token in [3, 1, 4, 1, 5, 9, 2, 6]:
         logits = decoder.step(token).clone()

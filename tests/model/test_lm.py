@@ -5,11 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from model import LMConfig, RNNLM
+from model.cells import NUMPY_MIN_STEPS
 from tests.model.torch_reference import TorchReference, notebook_rnn_logits
 
 CELLS = ["rnn", "gru", "lstm"]
-# Recording a graph runs the recurrence in torch; inference runs the tanh RNN's loop in numpy on the CPU.
+# Recording a graph runs the recurrence in torch; inference on the CPU runs it in numpy from NUMPY_MIN_STEPS
+# steps on (so the tests below read sequences on both sides of that length).
 GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_mode}
+LENGTHS = [5, NUMPY_MIN_STEPS + 4]
 
 
 def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0) -> RNNLM:
@@ -20,13 +23,14 @@ def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: 
     return model
 
 
+@pytest.mark.parametrize("steps", LENGTHS)
 @pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_logits_and_final_state_match_torch_nn(cell, layers, mode):
+def test_logits_and_final_state_match_torch_nn(cell, layers, mode, steps):
     model = make_model(cell, layers)
     reference = TorchReference(model)
-    tokens = torch.randint(0, 11, (3, 9))
+    tokens = torch.randint(0, 11, (3, steps))
     with GRAD_MODES[mode]():
         logits, state = model(tokens)
     ref_logits, ref_state = reference(tokens)
@@ -36,13 +40,14 @@ def test_logits_and_final_state_match_torch_nn(cell, layers, mode):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("steps", LENGTHS)
 @pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_logits_match_torch_nn_from_a_given_state(cell, layers, mode):
+def test_logits_match_torch_nn_from_a_given_state(cell, layers, mode, steps):
     model = make_model(cell, layers)
     reference = TorchReference(model)
-    tokens = torch.randint(0, 11, (2, 5))
+    tokens = torch.randint(0, 11, (2, steps))
     state = tuple(torch.randn_like(s) for s in model.init_state(2))
     with GRAD_MODES[mode]():
         logits, final = model(tokens, state)
