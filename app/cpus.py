@@ -2,7 +2,7 @@
 
 The tanh RNN's CPU step runs in numpy, whose OpenBLAS keeps a pool of threads that spin between calls. One
 pool per worker process, each as wide as the machine, oversubscribes the cores: with 2 workers × 2 threads on
-this project's 2-core VM, 64 clients got 2–3k tok/s against 53–57k with 2 workers × 1 thread. So each worker
+this project's 2-core VM, 64 clients got 2–3k tok/s against 52–73k with 2 workers × 1 thread. So each worker
 gets ``usable cores ÷ workers`` threads (at least 1), counting only the cores the process may run on and its
 cgroup CPU quota (a container limited to 2 CPUs on a 64-core node has 2).
 """
