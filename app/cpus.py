@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from threadpoolctl import threadpool_info, threadpool_limits
+
 __all__ = ["blas_threads_per_worker", "limit_blas_threads", "usable_cpus"]
 
 
@@ -47,8 +49,6 @@ def blas_threads_per_worker(requested: int, workers: int, cpus: int) -> int:
 def limit_blas_threads(threads: int) -> int:
     """Set the process's OpenBLAS (numpy's BLAS) thread count; returns the count now in effect (0 when no
     BLAS library was found)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
     threadpool_limits(limits=threads, user_api="blas")
     counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     return min(counts) if counts else 0
