@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.settings import Settings
 from model import WeightsError, load_weights
@@ -16,8 +17,22 @@ from model import WeightsError, load_weights
 __all__ = ["main"]
 
 
+def _settings_error(error: ValidationError, cli_names: dict[str, str]) -> str:
+    """One line naming each bad setting as the user gave it (an option, or its RNNLM_ variable)."""
+    parts = []
+    for e in error.errors():
+        field = str(e["loc"][0]) if e["loc"] else "settings"
+        name = cli_names.get(field) or f"RNNLM_{field.upper()}"
+        parts.append(f"{name}: {e['msg']} (got {e['input']!r})")
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    defaults = Settings()
+    try:
+        defaults = Settings()
+    except ValidationError as e:
+        print(f"rnnlm-serve: error: {_settings_error(e, {})}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="rnnlm-serve", description="Serve an rnnlm weight file over HTTP. "
                                      "Every option can also be set from the environment (RNNLM_HOST, …).")
     parser.add_argument("--host", default=defaults.host, help=f"bind address (default: {defaults.host})")
@@ -26,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=defaults.workers, help="uvicorn worker processes")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
+    try:  # the options obey the same bounds as the variables
+        Settings(host=args.host, port=args.port, weights=args.weights, workers=args.workers)
+    except ValidationError as e:
+        names = {"host": "--host", "port": "--port", "weights": "--weights", "workers": "--workers"}
+        print(f"rnnlm-serve: error: {_settings_error(e, names)}", file=sys.stderr)
+        return 2
 
     try:  # fail fast, in one line, before any worker starts
         load_weights(args.weights)
