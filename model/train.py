@@ -464,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         if distributed:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend)
-        return train(args)
+        result = train(args)
+        if distributed:
+            # Every rank waits here until all are done: a rank that tears its connections down while another
+            # still talks to it can abort (seen once in CI: rank 1 died with SIGABRT after its last step).
+            torch_dist.barrier()
+        return result
     except (TrainError, CorpusError) as e:
         print(f"rnnlm-train: error: {e}", file=sys.stderr)
         return 2
