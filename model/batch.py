@@ -27,10 +27,7 @@ class BatchDecoder:
     def __init__(self, model: RNNLM):
         self.model = model
         self.fast = has_fast_step(model)
-        n_state = 2 if model.config.cell == "lstm" else 1
-        shape = (model.config.num_layers, 0, model.config.hidden_size)
-        self.state: State = tuple(torch.empty(shape, device=model.device, dtype=model.w_y.dtype)
-                                  for _ in range(n_state))  # each (L, n, H)
+        self.state: State = model.init_state(0)  # each (L, n, H), no rows yet
         self.cpu_step = CPUStep(model) if self.fast else None
 
     def __len__(self) -> int:
