@@ -2,7 +2,8 @@
 
     python benchmarks/train_throughput.py [--cells rnn gru lstm] [--batch-sizes 64 256] [--steps 20]
 
-V=65, H=512, T=64, CPU; medians of --steps timed steps after warm-up; one line per cell and batch size.
+V=65, H=512, T=64, CPU; medians of --steps timed steps, the two models taking turns in blocks of 3 steps
+(see measure_pair); one line per cell and batch size.
 """
 
 from __future__ import annotations
@@ -47,19 +48,29 @@ def step_time(model: nn.Module, tokens, targets, lr=0.1, theta=1.0) -> float:
     return time.perf_counter() - start
 
 
-def measure(model, batch, steps, seq_len, vocab, warmup=3) -> float:
+def measure_pair(ours: nn.Module, theirs: nn.Module, batch, steps, seq_len, vocab, block=3) -> tuple[float, float]:
+    """Tokens/s of each model: medians of ``steps`` timed steps each, on the same data, in alternating blocks.
+
+    On a shared machine the speed drifts by tens of percent within a minute; timing one model after the
+    other turns that into a spurious ratio, so the two take turns, ``block`` steps at a time. The first step
+    after each switch is not timed: it runs 10–40 % slow while the memory allocator and caches settle
+    (timing it too showed a GRU at 1.1× that alternating blocks measure at 1.5×).
+    """
     tokens = torch.randint(0, vocab, (batch, seq_len))
     targets = torch.randint(0, vocab, (batch, seq_len))
-    for _ in range(warmup):
-        step_time(model, tokens, targets)
-    return batch * seq_len / statistics.median(step_time(model, tokens, targets) for _ in range(steps))
+    times: tuple[list[float], list[float]] = ([], [])
+    while len(times[1]) < steps:
+        for model, timed in zip((ours, theirs), times):
+            step_time(model, tokens, targets)  # settle after the switch
+            timed.extend(step_time(model, tokens, targets) for _ in range(block))
+    return tuple(batch * seq_len / statistics.median(t) for t in times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=list(TORCH_CELLS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -72,8 +83,7 @@ def main() -> None:
             torch.manual_seed(0)
             ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden))
             theirs = TorchNNLM(cell, vocab, args.hidden)
-            a = measure(ours, batch, args.steps, args.seq_len, vocab)
-            b = measure(theirs, batch, args.steps, args.seq_len, vocab)
+            a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
             print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x", flush=True)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cpu_step import on_cpu, read_sequence
-from model.recurrence import tanh_recurrence
+from model.recurrence import lstm_recurrence, tanh_recurrence
 
 __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "State"]
 
@@ -120,6 +120,9 @@ class LSTMLayer(RecurrentLayer):
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, self.w_hh, h, c)):
+            outputs, c = lstm_recurrence(xw, self.w_hh, h, c)  # hand-written BPTT (model/recurrence.py)
+            return outputs, (outputs[-1], c)
         outputs = []
         for xw_t in xw.unbind(0):
             gates = torch.addmm(xw_t, h, self.w_hh)  # (B, 4H)

@@ -1,15 +1,16 @@
-"""The vanilla tanh recurrence ``H_t = tanh(XW_t + H_{t-1} W_hh)`` with a hand-written backward pass.
+"""Recurrences with a hand-written backward pass: the notebook's tanh RNN and the LSTM.
 
-Autograd records two nodes per time step and computes ``dW_hh`` as T small matmuls. Here the forward pass
-writes every state into one preallocated (T, B, H) tensor, and the backward pass (BPTT) loops only over what
-is truly sequential, ``dH_{t-1} = dZ_t W_hh^T``; the weight gradient is then one large matmul over all steps.
+Autograd records several nodes per time step and computes ``dW_hh`` as T small matmuls. Here the forward pass
+writes every state into preallocated (T, B, ·) tensors, and the backward pass (BPTT) loops only over what is
+truly sequential, ``dH_{t-1} = dZ_t W_hh^T`` (Z_t the pre-activations); the weight gradient is then one large
+matmul over all steps.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["tanh_recurrence"]
+__all__ = ["lstm_recurrence", "tanh_recurrence"]
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -23,13 +24,15 @@ class _TanhRecurrence(torch.autograd.Function):
     def backward(ctx, grad_states: torch.Tensor):
         w_hh, h0, states = ctx.saved_tensors
         steps, _, hidden = states.shape
-        tanh_grad = torch.square(states).neg_().add_(1)  # (T, B, H): d tanh(z)/dz = 1 - H_t^2
         grad_z = grad_states.clone()  # becomes dL/dZ_t, Z_t the pre-activation: (T, B, H)
         w_hh_t = w_hh.t()
+        tanh_grad = torch.empty_like(h0)
+        one = h0.new_ones(())
         for t in range(steps - 1, -1, -1):
             if t < steps - 1:
                 grad_z[t].addmm_(grad_z[t + 1], w_hh_t)  # dL/dH_t = upstream + dL/dZ_{t+1} W_hh^T
-            grad_z[t].mul_(tanh_grad[t])
+            torch.addcmul(one, states[t], states[t], value=-1, out=tanh_grad)
+            grad_z[t].mul_(tanh_grad)
         grad_h0 = grad_z[0] @ w_hh_t if ctx.needs_input_grad[2] else None
         grad_w_hh = None
         if ctx.needs_input_grad[1]:
@@ -56,3 +59,77 @@ def tanh_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> t
     if torch.is_grad_enabled() and (xw.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return _TanhRecurrence.apply(xw, w_hh, h0)
     return _forward_states(xw, w_hh, h0)
+
+
+class _LSTMRecurrence(torch.autograd.Function):
+    # Gates i, f, g, o along the columns (PyTorch's order): C_t = f ⊙ C_{t-1} + i ⊙ g, H_t = o ⊙ tanh(C_t).
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+        gates, states, cells, tanh_cells = _lstm_forward(xw, w_hh, h0, c0)
+        ctx.save_for_backward(w_hh, h0, c0, gates, states, cells, tanh_cells)
+        return states, cells[-1]
+
+    @staticmethod
+    def backward(ctx, grad_states: torch.Tensor, grad_c: torch.Tensor | None):
+        w_hh, h0, c0, gates, states, cells, tanh_cells = ctx.saved_tensors
+        steps, _, hidden = states.shape
+        grad_z = torch.empty_like(gates)  # dL/dZ_t for the four gates' pre-activations: (T, B, 4H)
+        grad_cell = grad_c.clone() if grad_c is not None else torch.zeros_like(c0)  # dL/dC_t, carried back
+        grad_h = torch.empty_like(h0)
+        derivative = torch.empty_like(gates[0])  # σ' or tanh' of each gate at step t: (B, 4H)
+        one = gates.new_ones(())
+        w_hh_t = w_hh.t()
+        for t in range(steps - 1, -1, -1):
+            i, f, g, o = gates[t].chunk(4, dim=1)
+            d_i, d_f, d_g, d_o = derivative.chunk(4, dim=1)
+            z_i, z_f, z_g, z_o = grad_z[t].chunk(4, dim=1)
+            tanh_c = tanh_cells[t]
+            if t < steps - 1:  # dL/dH_t = upstream + dL/dZ_{t+1} W_hh^T
+                torch.addmm(grad_states[t], grad_z[t + 1], w_hh_t, out=grad_h)
+            else:
+                grad_h.copy_(grad_states[t])
+            torch.addcmul(gates[t], gates[t], gates[t], value=-1, out=derivative)  # σ' = σ - σ² (i, f, o)
+            torch.addcmul(one, g, g, value=-1, out=d_g)  # tanh' = 1 - g²
+            torch.addcmul(one, tanh_c, tanh_c, value=-1, out=z_i).mul_(o)  # (z_i as scratch) o ⊙ tanh'(C_t)
+            grad_cell.addcmul_(grad_h, z_i)  # dL/dC_t = from C_{t+1} + from H_t
+            torch.mul(d_o, tanh_c, out=z_o).mul_(grad_h)
+            torch.mul(d_i, g, out=z_i).mul_(grad_cell)
+            torch.mul(d_f, cells[t - 1] if t > 0 else c0, out=z_f).mul_(grad_cell)
+            torch.mul(d_g, i, out=z_g).mul_(grad_cell)
+            grad_cell.mul_(f)  # becomes dL/dC_{t-1}
+        grad_h0 = grad_z[0] @ w_hh_t if ctx.needs_input_grad[2] else None
+        grad_w_hh = None
+        if ctx.needs_input_grad[1]:
+            grad_w_hh = h0.t() @ grad_z[0]
+            if steps > 1:
+                grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_z[1:].reshape(-1, 4 * hidden))
+        return grad_z, grad_w_hh, grad_h0, grad_cell
+
+
+def _lstm_forward(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    # xw: (T, B, 4H) input projections with the bias added. Returns the activated gates (T, B, 4H) and
+    # H_t, C_t, tanh(C_t) for every step (T, B, H). tanh x is computed as 2σ(2x) - 1: torch's CPU tanh costs
+    # about three times its sigmoid at this size.
+    steps, batch, width = xw.shape
+    hidden = width // 4
+    gates = xw.clone()  # step t turns gates[t] from pre-activations into i, f, g, o in place
+    states, cells, tanh_cells = (xw.new_empty(steps, batch, hidden) for _ in range(3))
+    minus_one = xw.new_full((), -1.0)
+    h, c = h0, c0
+    for a, h_t, c_t, tanh_c in zip(gates.unbind(0), states.unbind(0), cells.unbind(0), tanh_cells.unbind(0)):
+        a.addmm_(h, w_hh)
+        i, f, g, o = a.chunk(4, dim=1)
+        g.mul_(2)
+        a.sigmoid_()
+        torch.add(minus_one, g, alpha=2, out=g)  # g = tanh(Z_g)
+        torch.mul(f, c, out=c_t).addcmul_(i, g)
+        torch.mul(c_t, 2, out=tanh_c).sigmoid_()
+        torch.add(minus_one, tanh_c, alpha=2, out=tanh_c)
+        torch.mul(o, tanh_c, out=h_t)
+        h, c = h_t, c_t
+    return gates, states, cells, tanh_cells
+
+
+def lstm_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    """All states H_1..H_T (T, B, H) and the last cell C_T (B, H) of the LSTM from (h0, c0); xw: (T, B, 4H)."""
+    return _LSTMRecurrence.apply(xw, w_hh, h0, c0)

@@ -92,6 +92,18 @@ def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
     assert torch.autograd.gradcheck(tanh_recurrence, (xw, w_hh, h0))
 
 
+@pytest.mark.parametrize("steps", [1, 6])
+def test_lstm_recurrence_backward_passes_gradcheck_in_float64(steps):
+    """Finite differences as the oracle for the LSTM's hand-written BPTT, the final cell's gradient included."""
+    from model.recurrence import lstm_recurrence
+
+    torch.manual_seed(0)
+    xw = torch.randn(steps, 3, 4 * 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 4 * 4, dtype=torch.float64)).requires_grad_()
+    h0, c0 = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lstm_recurrence, (xw, w_hh, h0, c0))
+
+
 def test_notebook_formulation_gives_the_same_logits_as_the_fast_path():
     model = make_model("rnn", 1, vocab=13, hidden=24)
     tokens = torch.randint(0, 13, (5, 17))
