@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cpu_step import on_cpu, read_sequence
-from model.recurrence import lstm_recurrence, tanh_recurrence
+from model.recurrence import lstm_recurrence, tanh_recurrence_
 
 __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "State"]
 
@@ -87,7 +87,7 @@ class RNNLayer(RecurrentLayer):
     """The notebook's cell: ``H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)``."""
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs = tanh_recurrence(xw, self.w_hh, state[0])  # (T, B, H)
+        outputs = tanh_recurrence_(xw, self.w_hh, state[0])  # (T, B, H), written over xw
         return outputs, (outputs[-1],)
 
 

@@ -4,19 +4,24 @@ Autograd records several nodes per time step and computes ``dW_hh`` as T small m
 writes every state into preallocated (T, B, ·) tensors, and the backward pass (BPTT) loops only over what is
 truly sequential, ``dH_{t-1} = dZ_t W_hh^T`` (Z_t the pre-activations); the weight gradient is then one large
 matmul over all steps.
+
+TANH_VIA_SIGMOID: both forward passes compute ``tanh x`` as ``2σ(2x) - 1`` (within 2e-7 in float32). On this
+project's CPUs torch's tanh of a (64 × 512) block takes 60–110 µs against 20–25 µs for the three operations of
+the sigmoid form, a few per cent of a training step.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["lstm_recurrence", "tanh_recurrence"]
+__all__ = ["lstm_recurrence", "tanh_recurrence_"]
 
 
 class _TanhRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        states = _forward_states(xw, w_hh, h0)
+        ctx.mark_dirty(xw)  # the states overwrite the input projections: no (T, B, H) copy
+        states = _forward_states_(xw, w_hh, h0)
         ctx.save_for_backward(w_hh, h0, states)
         return states
 
@@ -24,14 +29,16 @@ class _TanhRecurrence(torch.autograd.Function):
     def backward(ctx, grad_states: torch.Tensor):
         w_hh, h0, states = ctx.saved_tensors
         steps, _, hidden = states.shape
-        grad_z = grad_states.clone()  # becomes dL/dZ_t, Z_t the pre-activation: (T, B, H)
-        w_hh_t = w_hh.t()
+        grad_z = torch.empty_like(states)  # dL/dZ_t, Z_t the pre-activation: (T, B, H)
         tanh_grad = torch.empty_like(h0)
         one = h0.new_ones(())
+        w_hh_t = w_hh.t()
         for t in range(steps - 1, -1, -1):
-            if t < steps - 1:
-                grad_z[t].addmm_(grad_z[t + 1], w_hh_t)  # dL/dH_t = upstream + dL/dZ_{t+1} W_hh^T
-            torch.addcmul(one, states[t], states[t], value=-1, out=tanh_grad)
+            if t < steps - 1:  # dL/dH_t = upstream + dL/dZ_{t+1} W_hh^T
+                torch.addmm(grad_states[t], grad_z[t + 1], w_hh_t, out=grad_z[t])
+            else:
+                grad_z[t].copy_(grad_states[t])
+            torch.addcmul(one, states[t], states[t], value=-1, out=tanh_grad)  # d tanh(z)/dz = 1 - H_t²
             grad_z[t].mul_(tanh_grad)
         grad_h0 = grad_z[0] @ w_hh_t if ctx.needs_input_grad[2] else None
         grad_w_hh = None
@@ -43,22 +50,24 @@ class _TanhRecurrence(torch.autograd.Function):
         return grad_z, grad_w_hh, grad_h0
 
 
-def _forward_states(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    # xw: (T, B, H) input projections with the bias already added; h0: (B, H)
-    states = xw.clone()  # (T, B, H); step t turns states[t] from X_t W_xh + b_h into H_t in place
+def _forward_states_(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    # xw: (T, B, H) input projections with the bias already added, overwritten by the states; h0: (B, H)
     h = h0
-    for h_t in states.unbind(0):  # views made once, not indexed three times per step
-        # In place into states[t]; its inputs are states[t-1] and W_hh, never the output itself.
-        h_t.addmm_(h, w_hh).tanh_()
+    minus_one = xw.new_full((), -1.0)
+    for h_t in xw.unbind(0):  # views made once, not indexed per step
+        # In place into xw[t]; its inputs are xw[t-1] (by now H_{t-1}) and W_hh, never the output itself.
+        h_t.addmm_(h, w_hh, beta=2, alpha=2).sigmoid_()  # σ(2 Z_t)
+        torch.add(minus_one, h_t, alpha=2, out=h_t)  # tanh Z_t = 2σ(2 Z_t) - 1 (see TANH_VIA_SIGMOID)
         h = h_t
-    return states
+    return xw
 
 
-def tanh_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """All states H_1..H_T, shape (T, B, H), of ``H_t = tanh(xw_t + H_{t-1} @ w_hh)`` from ``H_0 = h0``."""
+def tanh_recurrence_(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """All states H_1..H_T, shape (T, B, H), of ``H_t = tanh(xw_t + H_{t-1} @ w_hh)`` from ``H_0 = h0``,
+    written over ``xw`` and returned: pass a tensor made for the purpose, such as a layer's input projections."""
     if torch.is_grad_enabled() and (xw.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return _TanhRecurrence.apply(xw, w_hh, h0)
-    return _forward_states(xw, w_hh, h0)
+    return _forward_states_(xw, w_hh, h0)
 
 
 class _LSTMRecurrence(torch.autograd.Function):
@@ -108,8 +117,7 @@ class _LSTMRecurrence(torch.autograd.Function):
 
 def _lstm_forward(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     # xw: (T, B, 4H) input projections with the bias added. Returns the activated gates (T, B, 4H) and
-    # H_t, C_t, tanh(C_t) for every step (T, B, H). tanh x is computed as 2σ(2x) - 1: torch's CPU tanh costs
-    # about three times its sigmoid at this size.
+    # H_t, C_t, tanh(C_t) for every step (T, B, H). tanh x is computed as 2σ(2x) - 1 (TANH_VIA_SIGMOID).
     steps, batch, width = xw.shape
     hidden = width // 4
     gates = xw.clone()  # step t turns gates[t] from pre-activations into i, f, g, o in place
