@@ -84,7 +84,8 @@ def main() -> None:
             ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden))
             theirs = TorchNNLM(cell, vocab, args.hidden)
             a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
-            print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x", flush=True)
+            print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cpu_step import on_cpu, read_sequence
-from model.recurrence import lstm_recurrence, tanh_recurrence_
+from model.recurrence import gru_recurrence, lstm_recurrence, tanh_recurrence_
 
 __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "State"]
 
@@ -103,6 +103,9 @@ class GRULayer(RecurrentLayer):
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         hidden = self.hidden_size
         h = state[0]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, self.w_hh, self.b_hn, h)):
+            outputs = gru_recurrence(xw, self.w_hh, self.b_hn, h)  # hand-written BPTT (model/recurrence.py)
+            return outputs, (outputs[-1],)
         outputs = []
         for xw_t in xw.unbind(0):
             hw = h @ self.w_hh  # (B, 3H)

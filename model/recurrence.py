@@ -1,4 +1,4 @@
-"""Recurrences with a hand-written backward pass: the notebook's tanh RNN and the LSTM.
+"""Recurrences with a hand-written backward pass: the notebook's tanh RNN, the GRU and the LSTM.
 
 Autograd records several nodes per time step and computes ``dW_hh`` as T small matmuls. Here the forward pass
 writes every state into preallocated (T, B, ·) tensors, and the backward pass (BPTT) loops only over what is
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["lstm_recurrence", "tanh_recurrence_"]
+__all__ = ["gru_recurrence", "lstm_recurrence", "tanh_recurrence_"]
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -68,6 +68,81 @@ def tanh_recurrence_(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> 
     if torch.is_grad_enabled() and (xw.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return _TanhRecurrence.apply(xw, w_hh, h0)
     return _forward_states_(xw, w_hh, h0)
+
+
+class _GRURecurrence(torch.autograd.Function):
+    # Gates r, z, n along the columns (PyTorch's order): r, z = σ(X W_x{r,z} + H W_h{r,z} + b_{r,z}),
+    # n = tanh(X W_xn + b_n + r ⊙ (H W_hn + b_hn)), H' = n + z ⊙ (H - n).
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        gates, hw, states = _gru_forward(xw, w_hh, b_hn, h0)
+        ctx.save_for_backward(w_hh, h0, gates, hw, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: torch.Tensor):
+        w_hh, h0, gates, hw, states = ctx.saved_tensors
+        steps, _, hidden = states.shape
+        grad_hw = torch.empty_like(gates)   # dL/d(H_{t-1} W_hh + [0, 0, b_hn]): (T, B, 3H)
+        grad_n = torch.empty_like(states)   # dL/d(pre-activation of n) = dL/d(X_t W_xn + b_n): (T, B, H)
+        grad_h = torch.empty_like(h0)
+        carry = torch.zeros_like(h0)  # dL/dH_t through H_{t+1} = n + z ⊙ (H_t - n): dH_{t+1} ⊙ z_{t+1}
+        scratch = torch.empty_like(h0)
+        one = h0.new_ones(())
+        w_hh_t = w_hh.t()
+        for t in range(steps - 1, -1, -1):
+            r, z, n = gates[t].chunk(3, dim=1)
+            hn = hw[t, :, 2 * hidden :]
+            g_r, g_z, g_hn = grad_hw[t].chunk(3, dim=1)
+            g_n = grad_n[t]
+            h_prev = states[t - 1] if t > 0 else h0
+            if t < steps - 1:
+                torch.addmm(grad_states[t], grad_hw[t + 1], w_hh_t, out=grad_h).add_(carry)
+            else:
+                torch.add(grad_states[t], carry, out=grad_h)
+            torch.sub(h_prev, n, out=g_z).mul_(grad_h)
+            g_z.mul_(torch.addcmul(z, z, z, value=-1, out=scratch))           # σ'(z) = z - z²
+            torch.addcmul(grad_h, grad_h, z, value=-1, out=g_n)                 # dL/dn = dH ⊙ (1 - z)
+            g_n.mul_(torch.addcmul(one, n, n, value=-1, out=scratch))         # tanh' = 1 - n²
+            torch.mul(g_n, r, out=g_hn)
+            torch.mul(g_n, hn, out=g_r).mul_(torch.addcmul(r, r, r, value=-1, out=scratch))
+            torch.mul(grad_h, z, out=carry)
+        grad_h0 = torch.addmm(carry, grad_hw[0], w_hh_t) if ctx.needs_input_grad[3] else None
+        grad_w_hh = None
+        if ctx.needs_input_grad[1]:
+            grad_w_hh = h0.t() @ grad_hw[0]
+            if steps > 1:
+                grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_hw[1:].reshape(-1, 3 * hidden))
+        grad_b_hn = grad_hw[:, :, 2 * hidden :].sum((0, 1)) if ctx.needs_input_grad[2] else None
+        grad_xw = torch.cat((grad_hw[:, :, : 2 * hidden], grad_n), dim=2) if ctx.needs_input_grad[0] else None
+        return grad_xw, grad_w_hh, grad_b_hn, grad_h0
+
+
+def _gru_forward(xw: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor, h0: torch.Tensor):
+    # xw: (T, B, 3H) input projections with b_h added. Returns the activated gates r, z, n (T, B, 3H), the
+    # recurrent products H_{t-1} W_hh + [0, 0, b_hn] (T, B, 3H) and the states (T, B, H).
+    steps, batch, width = xw.shape
+    hidden = width // 3
+    gates = xw.clone()  # step t turns gates[t] from pre-activations into r, z, n in place
+    hw = xw.new_empty(steps, batch, width)  # H_{t-1} W_hh + [0, 0, b_hn]
+    states = xw.new_empty(steps, batch, hidden)
+    bias = torch.cat((b_hn.new_zeros(2 * hidden), b_hn))
+    minus_one = xw.new_full((), -1.0)
+    h = h0
+    for a, hw_t, h_t in zip(gates.unbind(0), hw.unbind(0), states.unbind(0)):
+        torch.addmm(bias, h, w_hh, out=hw_t)
+        rz = a[:, : 2 * hidden]
+        rz.add_(hw_t[:, : 2 * hidden]).sigmoid_()
+        r, z, n = a.chunk(3, dim=1)
+        n.addcmul_(r, hw_t[:, 2 * hidden :]).mul_(2).sigmoid_()
+        torch.add(minus_one, n, alpha=2, out=n)  # TANH_VIA_SIGMOID
+        torch.sub(h, n, out=h_t).mul_(z).add_(n)  # H_t = n + z ⊙ (H_{t-1} - n)
+        h = h_t
+    return gates, hw, states
+
+def gru_recurrence(xw: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """All states H_1..H_T (T, B, H) of the GRU from ``h0``; xw: (T, B, 3H) input projections with b_h added."""
+    return _GRURecurrence.apply(xw, w_hh, b_hn, h0)
 
 
 class _LSTMRecurrence(torch.autograd.Function):

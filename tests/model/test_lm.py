@@ -105,6 +105,19 @@ def test_lstm_recurrence_backward_passes_gradcheck_in_float64(steps):
     assert torch.autograd.gradcheck(lstm_recurrence, (xw, w_hh, h0, c0))
 
 
+@pytest.mark.parametrize("steps", [1, 6])
+def test_gru_recurrence_backward_passes_gradcheck_in_float64(steps):
+    """Finite differences as the oracle for the GRU's hand-written BPTT, b_hn's gradient included."""
+    from model.recurrence import gru_recurrence
+
+    torch.manual_seed(0)
+    xw = torch.randn(steps, 3, 3 * 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 3 * 4, dtype=torch.float64)).requires_grad_()
+    b_hn = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gru_recurrence, (xw, w_hh, b_hn, h0))
+
+
 def test_notebook_formulation_gives_the_same_logits_as_the_fast_path():
     model = make_model("rnn", 1, vocab=13, hidden=24)
     tokens = torch.randint(0, 13, (5, 17))
