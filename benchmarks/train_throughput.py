@@ -1,6 +1,6 @@
 """Tokens/s of one training step (forward, backward, clipping, SGD): this project vs torch.nn, same run.
 
-    python benchmarks/train_throughput.py [--cells rnn gru lstm] [--batch-sizes 64 256] [--steps 20]
+    python benchmarks/train_throughput.py [--cells rnn gru lstm] [--batch-sizes 64 256] [--steps 30] [--repeats 5]
 
 V=65, H=512, T=64, CPU; medians of --steps timed steps, the two models taking turns in blocks of 3 steps
 (see measure_pair); one line per cell and batch size.
@@ -74,18 +74,27 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every line this many times, in turn, and end with each line's median ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vocab = 65
     print(f"V={vocab} H={args.hidden} T={args.seq_len} threads={torch.get_num_threads()} torch {torch.__version__}")
-    for cell in args.cells:
-        for batch in args.batch_sizes:
-            torch.manual_seed(0)
-            ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden))
-            theirs = TorchNNLM(cell, vocab, args.hidden)
-            a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
-            print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
-                  flush=True)
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for _ in range(args.repeats):
+        for cell in args.cells:
+            for batch in args.batch_sizes:
+                torch.manual_seed(0)
+                ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden))
+                theirs = TorchNNLM(cell, vocab, args.hidden)
+                a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
+                ratios.setdefault((cell, batch), []).append(a / b)
+                print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
+                      flush=True)
+    if args.repeats > 1:
+        print(f"median ratio over {args.repeats} runs (lowest–highest):")
+        for (cell, batch), values in ratios.items():
+            print(f"{cell:<4} B={batch:<4} {statistics.median(values):.2f}x  ({min(values):.2f}–{max(values):.2f})")
 
 
 if __name__ == "__main__":
