@@ -17,6 +17,17 @@ import torch
 __all__ = ["gru_recurrence", "lstm_recurrence", "tanh_recurrence_"]
 
 
+def _recurrent_weight_grad(h0: torch.Tensor, states: torch.Tensor, grad_products: torch.Tensor) -> torch.Tensor:
+    """dW_hh = sum_t H_{t-1}^T dL/d(H_{t-1} W_hh), as one large matmul over steps 2..T plus the first step.
+
+    h0: (B, H); states: H_1..H_T (T, B, H); grad_products: (T, B, G·H)."""
+    grad_w_hh = h0.t() @ grad_products[0]
+    if len(states) > 1:
+        hidden, width = states.shape[-1], grad_products.shape[-1]
+        grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_products[1:].reshape(-1, width))
+    return grad_w_hh
+
+
 class _TanhRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -28,7 +39,7 @@ class _TanhRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_states: torch.Tensor):
         w_hh, h0, states = ctx.saved_tensors
-        steps, _, hidden = states.shape
+        steps = len(states)
         grad_z = torch.empty_like(states)  # dL/dZ_t, Z_t the pre-activation: (T, B, H)
         tanh_grad = torch.empty_like(h0)
         one = h0.new_ones(())
@@ -41,12 +52,7 @@ class _TanhRecurrence(torch.autograd.Function):
             torch.addcmul(one, states[t], states[t], value=-1, out=tanh_grad)  # d tanh(z)/dz = 1 - H_t²
             grad_z[t].mul_(tanh_grad)
         grad_h0 = grad_z[0] @ w_hh_t if ctx.needs_input_grad[2] else None
-        grad_w_hh = None
-        if ctx.needs_input_grad[1]:
-            # dW_hh = sum_t H_{t-1}^T dZ_t, as one large matmul over steps 2..T plus the first step.
-            grad_w_hh = h0.t() @ grad_z[0]
-            if steps > 1:
-                grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_z[1:].reshape(-1, hidden))
+        grad_w_hh = _recurrent_weight_grad(h0, states, grad_z) if ctx.needs_input_grad[1] else None
         return grad_z, grad_w_hh, grad_h0
 
 
@@ -108,11 +114,7 @@ class _GRURecurrence(torch.autograd.Function):
             torch.mul(g_n, hn, out=g_r).mul_(torch.addcmul(r, r, r, value=-1, out=scratch))
             torch.mul(grad_h, z, out=carry)
         grad_h0 = torch.addmm(carry, grad_hw[0], w_hh_t) if ctx.needs_input_grad[3] else None
-        grad_w_hh = None
-        if ctx.needs_input_grad[1]:
-            grad_w_hh = h0.t() @ grad_hw[0]
-            if steps > 1:
-                grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_hw[1:].reshape(-1, 3 * hidden))
+        grad_w_hh = _recurrent_weight_grad(h0, states, grad_hw) if ctx.needs_input_grad[1] else None
         grad_b_hn = grad_hw[:, :, 2 * hidden :].sum((0, 1)) if ctx.needs_input_grad[2] else None
         grad_xw = torch.cat((grad_hw[:, :, : 2 * hidden], grad_n), dim=2) if ctx.needs_input_grad[0] else None
         return grad_xw, grad_w_hh, grad_b_hn, grad_h0
@@ -157,7 +159,7 @@ class _LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_states: torch.Tensor, grad_c: torch.Tensor | None):
         w_hh, h0, c0, gates, states, cells, tanh_cells = ctx.saved_tensors
-        steps, _, hidden = states.shape
+        steps = len(states)
         grad_z = torch.empty_like(gates)  # dL/dZ_t for the four gates' pre-activations: (T, B, 4H)
         grad_cell = grad_c.clone() if grad_c is not None else torch.zeros_like(c0)  # dL/dC_t, carried back
         grad_h = torch.empty_like(h0)
@@ -183,11 +185,7 @@ class _LSTMRecurrence(torch.autograd.Function):
             torch.mul(d_g, i, out=z_g).mul_(grad_cell)
             grad_cell.mul_(f)  # becomes dL/dC_{t-1}
         grad_h0 = grad_z[0] @ w_hh_t if ctx.needs_input_grad[2] else None
-        grad_w_hh = None
-        if ctx.needs_input_grad[1]:
-            grad_w_hh = h0.t() @ grad_z[0]
-            if steps > 1:
-                grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_z[1:].reshape(-1, 4 * hidden))
+        grad_w_hh = _recurrent_weight_grad(h0, states, grad_z) if ctx.needs_input_grad[1] else None
         return grad_z, grad_w_hh, grad_h0, grad_cell
 
 
