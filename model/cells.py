@@ -73,11 +73,15 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xw = self.project_inputs(x)
-        recording = torch.is_grad_enabled() and (xw.requires_grad or any(s.requires_grad for s in state))
         steps, batch = xw.shape[:2]
-        if not recording and steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state):
+        if (not self.records_graph(xw, state) and steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH
+                and on_cpu(xw, *state)):
             return read_sequence(self.cell, xw, state, self)  # numpy's calls cost less at this size
         return self.recurrence(xw, state)
+
+    def records_graph(self, xw: Tensor, state: State) -> bool:
+        """Whether autograd records this layer: a gradient is wanted for its inputs, state or parameters."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (xw, *state, *self.parameters()))
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -103,7 +107,7 @@ class GRULayer(RecurrentLayer):
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         hidden = self.hidden_size
         h = state[0]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, self.w_hh, self.b_hn, h)):
+        if self.records_graph(xw, state):
             outputs = gru_recurrence(xw, self.w_hh, self.b_hn, h)  # hand-written BPTT (model/recurrence.py)
             return outputs, (outputs[-1],)
         outputs = []
@@ -123,7 +127,7 @@ class LSTMLayer(RecurrentLayer):
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, self.w_hh, h, c)):
+        if self.records_graph(xw, state):
             outputs, c = lstm_recurrence(xw, self.w_hh, h, c)  # hand-written BPTT (model/recurrence.py)
             return outputs, (outputs[-1], c)
         outputs = []

@@ -81,6 +81,25 @@ def test_gradients_match_torch_nn(cell, layers):
         torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_weights_get_gradients_when_the_input_map_is_frozen(cell):
+    """A layer records its graph when any of its parameters wants a gradient, even if its inputs do not
+    (here a long, narrow batch, which inference would read in numpy)."""
+    model = make_model(cell, 1)
+    reference = TorchReference(model)
+    for p in (model.layers[0].w_xh, model.layers[0].b_h):
+        p.requires_grad_(False)
+    tokens = torch.randint(0, 11, (2, NUMPY_MIN_STEPS + 4))
+    targets = torch.randint(0, 11, (2, NUMPY_MIN_STEPS + 4))
+    logits, _ = model(tokens)
+    F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)).backward()
+    ref_logits, _ = reference(tokens)
+    F.cross_entropy(ref_logits.reshape(-1, 11), targets.reshape(-1)).backward()
+    expected = reference.grads_as_model(model)
+    assert model.layers[0].w_hh.grad is not None
+    torch.testing.assert_close(model.layers[0].w_hh.grad, expected["layers.0.w_hh"], atol=1e-5, rtol=1e-4)
+
+
 def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
     """Finite differences as the oracle for the hand-written BPTT."""
     from model.recurrence import tanh_recurrence_
