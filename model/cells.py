@@ -73,17 +73,20 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xw = self.project_inputs(x)
+        # Autograd records this layer when a gradient is wanted for its inputs, state or any parameter.
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, *state, *self.parameters())):
+            return self.recorded_recurrence(xw, state)
         steps, batch = xw.shape[:2]
-        if (not self.records_graph(xw, state) and steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH
-                and on_cpu(xw, *state)):
+        if steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state):
             return read_sequence(self.cell, xw, state, self)  # numpy's calls cost less at this size
         return self.recurrence(xw, state)
 
-    def records_graph(self, xw: Tensor, state: State) -> bool:
-        """Whether autograd records this layer: a gradient is wanted for its inputs, state or parameters."""
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (xw, *state, *self.parameters()))
-
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+        """The loop over steps in torch, recording nothing."""
+        raise NotImplementedError
+
+    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+        """The loop while autograd records: a hand-written BPTT (model/recurrence.py)."""
         raise NotImplementedError
 
 
@@ -93,6 +96,8 @@ class RNNLayer(RecurrentLayer):
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         outputs = tanh_recurrence_(xw, self.w_hh, state[0])  # (T, B, H), written over xw
         return outputs, (outputs[-1],)
+
+    recorded_recurrence = recurrence  # tanh_recurrence_ records its own backward when a gradient is wanted
 
 
 class GRULayer(RecurrentLayer):
@@ -107,9 +112,6 @@ class GRULayer(RecurrentLayer):
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         hidden = self.hidden_size
         h = state[0]
-        if self.records_graph(xw, state):
-            outputs = gru_recurrence(xw, self.w_hh, self.b_hn, h)  # hand-written BPTT (model/recurrence.py)
-            return outputs, (outputs[-1],)
         outputs = []
         for xw_t in xw.unbind(0):
             hw = h @ self.w_hh  # (B, 3H)
@@ -119,6 +121,10 @@ class GRULayer(RecurrentLayer):
             outputs.append(h)
         return torch.stack(outputs), (h,)
 
+    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+        outputs = gru_recurrence(xw, self.w_hh, self.b_hn, state[0])
+        return outputs, (outputs[-1],)
+
 
 class LSTMLayer(RecurrentLayer):
     cell = "lstm"
@@ -127,9 +133,6 @@ class LSTMLayer(RecurrentLayer):
 
     def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        if self.records_graph(xw, state):
-            outputs, c = lstm_recurrence(xw, self.w_hh, h, c)  # hand-written BPTT (model/recurrence.py)
-            return outputs, (outputs[-1], c)
         outputs = []
         for xw_t in xw.unbind(0):
             gates = torch.addmm(xw_t, h, self.w_hh)  # (B, 4H)
@@ -138,6 +141,10 @@ class LSTMLayer(RecurrentLayer):
             h = torch.sigmoid(o) * torch.tanh(c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
+
+    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+        outputs, c = lstm_recurrence(xw, self.w_hh, *state)
+        return outputs, (outputs[-1], c)
 
 
 CELLS: dict[str, type[RecurrentLayer]] = {"rnn": RNNLayer, "gru": GRULayer, "lstm": LSTMLayer}
