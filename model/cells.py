@@ -49,10 +49,11 @@ class RecurrentLayer(nn.Module):
     num_gates = 1
     num_state_tensors = 1  # h, or (h, c) for the LSTM
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, weight_drop: float = 0.0):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
+        self.weight_drop = weight_drop  # DropConnect on W_hh while training: one mask per forward pass
         width = self.num_gates * hidden_size
         self.w_xh = nn.Parameter(torch.empty(input_size, width))
         self.w_hh = nn.Parameter(torch.empty(hidden_size, width))
@@ -71,21 +72,31 @@ class RecurrentLayer(nn.Module):
         steps, batch, _ = x.shape
         return torch.addmm(self.b_h, x.reshape(steps * batch, -1), self.w_xh).view(steps, batch, -1)
 
+    def recurrent_weights(self) -> Tensor:
+        """``W_hh`` as this forward pass uses it: while training with ``weight_drop`` p, each entry is zeroed
+        with probability p and the rest scaled by 1 / (1 - p) (DropConnect; the same mask for every step of the
+        sequence, a fresh one per pass); otherwise ``W_hh`` itself."""
+        if self.training and self.weight_drop > 0:
+            return F.dropout(self.w_hh, self.weight_drop, training=True)
+        return self.w_hh
+
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xw = self.project_inputs(x)
+        w_hh = self.recurrent_weights()
         # Autograd records this layer when a gradient is wanted for its inputs, state or any parameter.
         if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, *state, *self.parameters())):
-            return self.recorded_recurrence(xw, state)
+            return self.recorded_recurrence(xw, state, w_hh)
         steps, batch = xw.shape[:2]
-        if steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state):
+        if (steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state)
+                and w_hh is self.w_hh):
             return read_sequence(self.cell, xw, state, self)  # numpy's calls cost less at this size
-        return self.recurrence(xw, state)
+        return self.recurrence(xw, state, w_hh)
 
-    def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
         """The loop over steps in torch, recording nothing."""
         raise NotImplementedError
 
-    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+    def recorded_recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
         """The loop while autograd records: a hand-written BPTT (model/recurrence.py)."""
         raise NotImplementedError
 
@@ -93,8 +104,8 @@ class RecurrentLayer(nn.Module):
 class RNNLayer(RecurrentLayer):
     """The notebook's cell: ``H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)``."""
 
-    def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs = tanh_recurrence_(xw, self.w_hh, state[0])  # (T, B, H), written over xw
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
+        outputs = tanh_recurrence_(xw, w_hh, state[0])  # (T, B, H), written over xw
         return outputs, (outputs[-1],)
 
     recorded_recurrence = recurrence  # tanh_recurrence_ records its own backward when a gradient is wanted
@@ -104,25 +115,25 @@ class GRULayer(RecurrentLayer):
     cell = "gru"
     num_gates = 3
 
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(input_size, hidden_size)
+    def __init__(self, input_size: int, hidden_size: int, weight_drop: float = 0.0):
+        super().__init__(input_size, hidden_size, weight_drop)
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # bias of H W_hn, inside the reset product
         self.reset_parameters()
 
-    def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
         hidden = self.hidden_size
         h = state[0]
         outputs = []
         for xw_t in xw.unbind(0):
-            hw = h @ self.w_hh  # (B, 3H)
+            hw = h @ w_hh  # (B, 3H)
             r, z = torch.sigmoid(xw_t[:, : 2 * hidden] + hw[:, : 2 * hidden]).chunk(2, dim=1)
             n = torch.tanh(xw_t[:, 2 * hidden :] + r * (hw[:, 2 * hidden :] + self.b_hn))
             h = n + z * (h - n)  # (1 - z) ⊙ n + z ⊙ h
             outputs.append(h)
         return torch.stack(outputs), (h,)
 
-    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs = gru_recurrence(xw, self.w_hh, self.b_hn, state[0])
+    def recorded_recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
+        outputs = gru_recurrence(xw, w_hh, self.b_hn, state[0])
         return outputs, (outputs[-1],)
 
 
@@ -131,19 +142,19 @@ class LSTMLayer(RecurrentLayer):
     num_gates = 4
     num_state_tensors = 2
 
-    def recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
         h, c = state
         outputs = []
         for xw_t in xw.unbind(0):
-            gates = torch.addmm(xw_t, h, self.w_hh)  # (B, 4H)
+            gates = torch.addmm(xw_t, h, w_hh)  # (B, 4H)
             i, f, g, o = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
 
-    def recorded_recurrence(self, xw: Tensor, state: State) -> tuple[Tensor, State]:
-        outputs, c = lstm_recurrence(xw, self.w_hh, *state)
+    def recorded_recurrence(self, xw: Tensor, state: State, w_hh: Tensor) -> tuple[Tensor, State]:
+        outputs, c = lstm_recurrence(xw, w_hh, *state)
         return outputs, (outputs[-1], c)
 
 

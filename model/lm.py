@@ -25,6 +25,7 @@ class LMConfig:
     hidden_size: int = 512
     num_layers: int = 1
     dropout: float = 0.0  # on every layer's outputs while training
+    weight_drop: float = 0.0  # DropConnect on every layer's W_hh while training (AWD-LSTM's weight drop)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -35,8 +36,10 @@ class LMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.vocab_size < 2:
             raise ValueError("vocab_size must be at least 2 (<unk> and one character)")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "weight_drop"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +48,7 @@ class LMConfig:
     def from_dict(cls, data: dict) -> LMConfig:
         if not isinstance(data, dict):
             raise ValueError("config must be a JSON object")
-        known = {"cell", "vocab_size", "hidden_size", "num_layers", "dropout"}
+        known = {"cell", "vocab_size", "hidden_size", "num_layers", "dropout", "weight_drop"}
         missing = {"cell", "vocab_size", "hidden_size", "num_layers"} - data.keys()
         if missing:
             raise ValueError(f"config lacks {', '.join(sorted(missing))}")
@@ -58,7 +61,8 @@ class RNNLM(nn.Module):
         self.config = config
         layer_cls = CELLS[config.cell]
         h, v = config.hidden_size, config.vocab_size
-        self.layers = nn.ModuleList(layer_cls(v if l == 0 else h, h) for l in range(config.num_layers))
+        self.layers = nn.ModuleList(layer_cls(v if l == 0 else h, h, config.weight_drop)
+                                    for l in range(config.num_layers))
         self.w_y = nn.Parameter(torch.empty(h, v))
         self.b_y = nn.Parameter(torch.empty(v))
         bound = 1.0 / math.sqrt(h)

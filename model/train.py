@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers (default: 1)")
     p.add_argument("--dropout", type=_finite_float(0.0, 0.95), default=0.0,
                    help="dropout on every layer's outputs while training (default: 0)")
+    p.add_argument("--weight-drop", type=_finite_float(0.0, 0.95), default=0.0,
+                   help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
+                        "the full W_hh at evaluation (default: 0)")
     p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T (default: 128)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global (default: 64)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd (default: adam)")
@@ -174,7 +177,8 @@ class Run:
 
         torch.manual_seed(args.seed)
         config = LMConfig(cell=args.cell, vocab_size=len(self.vocab), hidden_size=args.hidden,
-                          num_layers=args.layers, dropout=args.dropout)
+                          num_layers=args.layers, dropout=args.dropout,
+                          weight_drop=getattr(args, "weight_drop", 0.0))
         self.model = RNNLM(config).to(self.device)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
         if args.optimizer == "adam":

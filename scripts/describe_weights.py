@@ -24,7 +24,7 @@ def describe(path: str) -> str:
         f"## `{path}`",
         "",
         f"- architecture: {cfg.cell}, {cfg.num_layers} layer(s), hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
-        f"dropout {cfg.dropout} (training only)",
+        f"dropout {cfg.dropout}, weight drop {cfg.weight_drop} (training only)",
         f"- parameters: {w.model.num_parameters():,}",
         f"- corpus: {corpus}; trained on the first {split.get('train_chars', '?'):,} characters, validated on the "
         f"last {split.get('val_chars', '?'):,} ({split.get('val_fraction')})",

@@ -15,9 +15,11 @@ GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_
 LENGTHS = [5, NUMPY_MIN_STEPS + 4]
 
 
-def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0) -> RNNLM:
+def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0,
+               weight_drop: float = 0.0) -> RNNLM:
     torch.manual_seed(seed)
-    model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers))
+    model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers,
+                           weight_drop=weight_drop))
     with torch.no_grad():
         model.b_y.uniform_(-1, 1)  # zeros at initialisation: give the output bias something to get wrong
     return model
@@ -137,6 +139,50 @@ def test_gru_recurrence_backward_passes_gradcheck_in_float64(steps):
     assert torch.autograd.gradcheck(gru_recurrence, (xw, w_hh, b_hn, h0))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_trains_through_one_dropconnect_mask_on_w_hh_per_pass(cell):
+    """Oracle: torch.nn with W_hh ⊙ mask / (1 - p) copied in, the masks drawn from the same seed by a separate
+    dropout of a tensor of ones; logits and every gradient agree, so each step used the same mask and the
+    dropped entries of W_hh get no gradient."""
+    p, layers = 0.4, 2
+    model = make_model(cell, layers, weight_drop=p)
+    tokens = torch.randint(0, 11, (3, NUMPY_MIN_STEPS + 2))
+    targets = torch.randint(0, 11, (3, NUMPY_MIN_STEPS + 2))
+    torch.manual_seed(7)
+    masks = [F.dropout(torch.ones_like(layer.w_hh), p) for layer in model.layers]
+    dropped = make_model(cell, layers)
+    dropped.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer, mask in zip(dropped.layers, masks):
+            layer.w_hh.mul_(mask)
+    reference = TorchReference(dropped)
+    assert any((mask == 0).any() for mask in masks) and all((mask != 0).any() for mask in masks)
+
+    model.train()
+    torch.manual_seed(7)
+    logits, _ = model(tokens)
+    F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)).backward()
+    ref_logits, _ = reference(tokens)
+    F.cross_entropy(ref_logits.reshape(-1, 11), targets.reshape(-1)).backward()
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    expected = reference.grads_as_model(dropped)
+    for l, mask in enumerate(masks):
+        expected[f"layers.{l}.w_hh"] = expected[f"layers.{l}.w_hh"] * mask  # d(W ⊙ m)/dW = m
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mode", GRAD_MODES)
+def test_weight_drop_is_off_at_evaluation(mode):
+    model = make_model("gru", 2, weight_drop=0.5)
+    reference = TorchReference(model)
+    tokens = torch.randint(0, 11, (2, NUMPY_MIN_STEPS + 3))
+    model.eval()
+    with GRAD_MODES[mode]():
+        logits, _ = model(tokens)
+    torch.testing.assert_close(logits, reference(tokens)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_notebook_formulation_gives_the_same_logits_as_the_fast_path():
     model = make_model("rnn", 1, vocab=13, hidden=24)
     tokens = torch.randint(0, 13, (5, 17))
@@ -170,7 +216,8 @@ def test_splitting_a_sequence_and_carrying_the_state_equals_one_pass():
 
 
 @pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=-1),
-                                 dict(vocab_size=1), dict(dropout=1.0), dict(hidden_size=2.5)])
+                                 dict(vocab_size=1), dict(dropout=1.0), dict(hidden_size=2.5),
+                                 dict(weight_drop=1.0), dict(weight_drop=-0.1)])
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         LMConfig(**bad)

@@ -110,12 +110,13 @@ def write(path, data: bytes):
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--lr", "nan"], "--lr"),
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--batch-size", "many"], "--batch-size"),
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--dropout", "1.5"], "--dropout"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--weight-drop", "-0.2"], "--weight-drop"),
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
                 "--out", str(d / "ok.txt" / "sub" / "m.safetensors")], "cannot write"),
     (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
     (lambda d: [], "--corpus is required"),
 ], ids=["missing", "empty", "directory", "not-utf8", "too-short", "zero-hidden", "nan-lr", "text-batch",
-        "dropout-range", "unwritable-out", "bad-resume", "no-corpus"])
+        "dropout-range", "weight-drop-range", "unwritable-out", "bad-resume", "no-corpus"])
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, expected):
     args = make_args(tmp_path) + ["--time-step", "16", "--batch-size", "8"] * ("--batch-size" not in make_args(tmp_path))
     try:

@@ -13,7 +13,7 @@ VOCAB = Vocab.from_corpus("abcdefghij ")
 
 def make_model(cell="gru", layers=2) -> RNNLM:
     torch.manual_seed(0)
-    return RNNLM(LMConfig(cell=cell, vocab_size=len(VOCAB), hidden_size=8, num_layers=layers))
+    return RNNLM(LMConfig(cell=cell, vocab_size=len(VOCAB), hidden_size=8, num_layers=layers, weight_drop=0.25))
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
