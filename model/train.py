@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -28,10 +29,11 @@ from model.atomic import atomic_write
 from model.cells import State
 from model.clipping import grad_clipping
 from model.data import CorpusError, batches_per_epoch, epoch_batches, read_corpus
+from model.distill import distillation_loss, teacher_log_probs
 from model.inference import generate, score, warm
 from model.lm import LMConfig, RNNLM
 from model.vocab import Vocab
-from model.weights import save_weights
+from model.weights import WeightsError, load_weights, save_weights
 
 __all__ = ["main", "parse_args"]
 
@@ -94,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-drop", type=_finite_float(0.0, 0.95), default=0.0,
                    help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
                         "the full W_hh at evaluation (default: 0)")
+    p.add_argument("--teacher", metavar="WEIGHTS",
+                   help="a trained weight file with the same vocabulary: the model also learns the teacher's predicted "
+                        "distribution at every position (knowledge distillation; see model/distill.py)")
+    p.add_argument("--distill", type=_finite_float(0.0, 1.0), default=0.5,
+                   help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution) (default: 0.5)")
     p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T (default: 128)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global (default: 64)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd (default: adam)")
@@ -138,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action.default = argparse.SUPPRESS
     quiet.parse_args(argv, namespace=explicit)
     args.explicit = sorted(vars(explicit))
+    if "distill" in args.explicit and args.teacher is None and args.resume is None:
+        parser.error("--distill needs --teacher")
     return args
 
 
@@ -175,6 +184,7 @@ class Run:
         if args.val_fraction > 0 and len(self.val_ids) < 2:
             raise TrainError("corpus too short: the validation split has fewer than 2 characters")
 
+        self.teacher_logp, self.teacher_file = self._teacher(getattr(args, "teacher", None))
         torch.manual_seed(args.seed)
         config = LMConfig(cell=args.cell, vocab_size=len(self.vocab), hidden_size=args.hidden,
                           num_layers=args.layers, dropout=args.dropout,
@@ -196,6 +206,32 @@ class Run:
         if resume:
             self._restore(resume)
 
+    def _teacher(self, path: str | None) -> tuple[torch.Tensor | None, dict | None]:
+        """The teacher's log-probabilities for every next character of the training split (model/distill.py)."""
+        if not path:
+            return None, None
+        try:
+            teacher = load_weights(path, self.device)
+        except WeightsError as e:
+            raise TrainError(f"--teacher {e}") from None
+        if teacher.vocab != self.vocab:
+            raise TrainError(f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's "
+                             f"({len(self.vocab)} tokens)")
+        logp = teacher_log_probs(teacher.model, self.train_ids).to(self.device)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return logp, {"name": Path(path).name, "sha256": digest, "config": teacher.config.to_dict(),
+                      "val_nll": teacher.training.get("val_nll")}
+
+    def batches(self, epoch: int):
+        """(X, Y, P) for every batch of an epoch: P holds the training-split positions of X (for the teacher)."""
+        args = self.args
+        pairs = epoch_batches(self.train_ids, args.batch_size, args.time_step, args.sampling, args.seed, epoch)
+        if self.teacher_logp is None:
+            return ((X, Y, None) for X, Y in pairs)
+        positions = torch.arange(len(self.train_ids))
+        laid_out = epoch_batches(positions, args.batch_size, args.time_step, args.sampling, args.seed, epoch)
+        return ((X, Y, P) for (X, Y), (P, _) in zip(pairs, laid_out))
+
     # -- schedule -------------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
         args = self.args
@@ -207,7 +243,8 @@ class Run:
         return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     # -- one step -------------------------------------------------------------------------------------------
-    def train_step(self, X: torch.Tensor, Y: torch.Tensor) -> float:
+    def train_step(self, X: torch.Tensor, Y: torch.Tensor, P: torch.Tensor | None = None) -> float:
+        """One optimizer step on a batch; returns the cross-entropy on the text (the teacher's term aside)."""
         rows = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         X, Y = X[rows].to(self.device), Y[rows].to(self.device)
         state = None
@@ -215,7 +252,12 @@ class Run:
             state = tuple(s[:, rows] for s in self.carried)  # detached: BPTT stops at the batch
         self.model.train()
         logits, final = self.ddp(X, state)  # (b, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1))
+        logits = logits.reshape(-1, logits.shape[-1])
+        if P is None:
+            loss = text_loss = F.cross_entropy(logits, Y.reshape(-1))
+        else:
+            teacher = self.teacher_logp[P[rows].reshape(-1).to(self.teacher_logp.device)]
+            loss, text_loss = distillation_loss(logits, Y.reshape(-1), teacher, self.args.distill)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_clipping(self.model.parameters(), self.args.clip)
@@ -225,7 +267,7 @@ class Run:
             self._carry(tuple(f.detach() for f in final))
         self.step += 1
         self.tokens_seen += X.numel() * self.world
-        return loss.detach().item()
+        return text_loss.detach().item()
 
     def _carry(self, final: State) -> None:
         if self.world > 1:  # keep every rank's rows, so a checkpoint holds the whole batch's state
@@ -266,6 +308,8 @@ class Run:
             "hyperparameters": {k: v for k, v in vars(self.args).items() if k not in ("explicit", "resume")},
             "processes": self.world,
         }
+        if self.teacher_file is not None:
+            meta["teacher"] = self.teacher_file
         if val_nll is not None:
             meta.update(val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4),
                         val_bpc=round(val_nll / math.log(2), 5))
@@ -385,11 +429,10 @@ def train(args: argparse.Namespace) -> int:
         skip = run.step - epoch * run.steps_per_epoch
         if skip == 0 and run.args.sampling == "sequential":
             run.carried = None  # a new epoch starts at a new offset: fresh states
-        for i, (X, Y) in enumerate(epoch_batches(run.train_ids, args.batch_size, args.time_step,
-                                                 args.sampling, args.seed, epoch)):
+        for i, (X, Y, P) in enumerate(run.batches(epoch)):
             if i < skip:
                 continue
-            losses.append(run.train_step(X, Y))
+            losses.append(run.train_step(X, Y, P))
             now = time.perf_counter()
             run.wall_time += now - last_time
             last_time = now
