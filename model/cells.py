@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cpu_step import on_cpu, read_sequence
-from model.recurrence import gru_recurrence, lstm_recurrence, tanh_recurrence_
+from model.recurrence import gru_recurrence, lstm_recurrence, row_lookup, tanh_recurrence_
 
 __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "State"]
 
@@ -67,8 +67,9 @@ class RecurrentLayer(nn.Module):
 
     def project_inputs(self, x: Tensor) -> Tensor:
         """``X_t W_xh + b_h`` for every step at once: (T, B) ids or (T, B, in) floats -> (T, B, G·H)."""
-        if x.dtype == torch.long:
-            return F.embedding(x, self.w_xh + self.b_h)  # one-hot @ W_xh is a row lookup; bias folded in
+        if x.dtype == torch.long:  # one-hot @ W_xh is a row lookup; bias folded in
+            table = self.w_xh + self.b_h
+            return row_lookup(table, x) if table.requires_grad else F.embedding(x, table)
         steps, batch, _ = x.shape
         return torch.addmm(self.b_h, x.reshape(steps * batch, -1), self.w_xh).view(steps, batch, -1)
 
