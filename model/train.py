@@ -329,10 +329,15 @@ class Run:
             "wall_time": self.wall_time,
             "best_val": self.best_val,
             "carried": [s.cpu() for s in self.carried] if self.carried is not None else None,
+            "teacher_sha256": self.teacher_file["sha256"] if self.teacher_file else None,
         }
         atomic_write(self.ckpt_path, lambda tmp: torch.save(state, tmp))
 
     def _restore(self, ckpt: dict) -> None:
+        expected = ckpt.get("teacher_sha256")
+        if expected and self.teacher_file["sha256"] != expected:
+            raise TrainError(f"--resume: the teacher {self.args.teacher} is not the file this run started with "
+                             "(its sha256 differs); the run cannot continue exactly")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])

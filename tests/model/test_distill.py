@@ -100,6 +100,17 @@ def test_distillation_changes_the_update_and_resumes_exactly(tmp_path):
     assert not torch.equal(a["w_y"], c["w_y"])  # the teacher's term moved the weights
 
 
+def test_resuming_with_a_changed_teacher_is_refused(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    teacher = train(tmp_path, corpus, "teacher", "--max-steps", "2")
+    partial = train(tmp_path, corpus, "partial", "--max-steps", "3", "--epochs", "2", "--teacher", str(teacher))
+    train(tmp_path, corpus, "teacher", "--max-steps", "4")  # the same path, other weights
+    capsys.readouterr()
+    assert main(["--resume", str(partial.with_suffix(".ckpt")), "--max-steps", "5"]) != 0
+    err = capsys.readouterr().err
+    assert "teacher" in err and "sha256" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("make_args, expected", [
     (lambda d, t: ["--teacher", str(d / "missing.safetensors")], "--teacher"),
     (lambda d, t: ["--teacher", str(d / "corpus.txt")], "not a safetensors file"),
