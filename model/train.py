@@ -303,7 +303,7 @@ class Run:
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "tokens_seen": self.tokens_seen,
             "wall_time_s": round(self.wall_time, 1),
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": " ".join(shlex.quote(a) for a in [*_program(), *sys.argv[1:]]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "hyperparameters": {k: v for k, v in vars(self.args).items() if k not in ("explicit", "resume")},
             "processes": self.world,
@@ -352,6 +352,13 @@ class Run:
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _program() -> list[str]:
+    """How this run was started: ``python -m model.train`` when argv[0] is this file (torchrun's ``-m`` too; the
+    process count is recorded beside), else the script's name (``rnnlm-train``)."""
+    name = Path(sys.argv[0]).name
+    return ["python", "-m", "model.train"] if Path(sys.argv[0]).resolve() == Path(__file__).resolve() else [name]
 
 
 def _pick_device(choice: str, rank: int) -> str:

@@ -20,6 +20,11 @@ def describe(path: str) -> str:
     sample = w.vocab.decode(generate(w.model, state, logits, 300)[0])
     corpus = ", ".join(f"`{c['name']}` (sha256 `{c['sha256']}`)" for c in t.get("corpus", []))
     split = t.get("split", {})
+    teacher = t.get("teacher")
+    taught = [] if not teacher else [
+        f"- teacher (knowledge distillation, α = {t.get('hyperparameters', {}).get('distill')}): `{teacher['name']}` "
+        f"(sha256 `{teacher['sha256']}`; {teacher['config']['cell']}, {teacher['config']['num_layers']} × "
+        f"{teacher['config']['hidden_size']}, validation {teacher.get('val_nll')} nats/char)"]
     return "\n".join([
         f"## `{path}`",
         "",
@@ -30,6 +35,7 @@ def describe(path: str) -> str:
         f"last {split.get('val_chars', '?'):,} ({split.get('val_fraction')})",
         f"- training: {t.get('steps')} steps ({t.get('epochs')} epochs), {t.get('tokens_seen', 0):,} tokens, "
         f"wall time {t.get('wall_time_s', 0) / 60:.1f} min, {t.get('date')}",
+        *taught,
         f"- command: `{t.get('command')}`",
         f"- validation: **{t.get('val_nll')} nats/char**, perplexity {t.get('val_ppl')}, {t.get('val_bpc')} bits/char",
         "",

@@ -91,7 +91,7 @@ def test_sigint_saves_a_loadable_checkpoint_and_exits(tmp_path, corpus):
     assert "--resume" in stdout
     ckpt = torch.load(out.with_suffix(".ckpt"), weights_only=True)
     assert ckpt["step"] >= 5
-    load_weights(out)
+    assert load_weights(out).training["command"].startswith("python -m model.train --corpus ")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
