@@ -184,11 +184,11 @@ class Run:
         if args.val_fraction > 0 and len(self.val_ids) < 2:
             raise TrainError("corpus too short: the validation split has fewer than 2 characters")
 
-        self.teacher_logp, self.teacher_file = self._teacher(getattr(args, "teacher", None))
+        self.teacher_logp, self.teacher_file = self._teacher(args.teacher)
         torch.manual_seed(args.seed)
         config = LMConfig(cell=args.cell, vocab_size=len(self.vocab), hidden_size=args.hidden,
                           num_layers=args.layers, dropout=args.dropout,
-                          weight_drop=getattr(args, "weight_drop", 0.0))
+                          weight_drop=args.weight_drop)
         self.model = RNNLM(config).to(self.device)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
         if args.optimizer == "adam":
