@@ -1,10 +1,16 @@
-"""``rnnlm-serve`` / ``python -m app``: check the weight file, then run uvicorn."""
+"""``rnnlm-serve`` / ``python -m app``: start the engine process (which checks the weight file and the device),
+then run uvicorn's HTTP worker(s), which all connect to that one engine; on SIGTERM the workers drain, then
+the engine stops and the command exits 0.
+
+This process supervises the engine (restarting it if it dies) and never imports torch itself."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -12,7 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.settings import Settings
-from model import WeightsError, load_weights
+from app.supervisor import EngineStartError, EngineSupervisor
 
 __all__ = ["main"]
 
@@ -48,22 +54,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnlm-serve: error: {_settings_error(e, names)}", file=sys.stderr)
         return 2
 
+    os.environ["RNNLM_WEIGHTS"] = args.weights  # the app (and every worker) reads its settings from here
+    os.environ["RNNLM_WORKERS"] = str(args.workers)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s:     %(message)s")
+    supervisor = EngineSupervisor(Settings())
     try:  # fail fast, in one line, before any worker starts
-        load_weights(args.weights)
-    except WeightsError as e:
+        supervisor.start()
+    except EngineStartError as e:
+        supervisor.stop()
         print(f"rnnlm-serve: error: {e}", file=sys.stderr)
         return 2
-    os.environ["RNNLM_WEIGHTS"] = args.weights  # the app (and every worker) reads its settings from here
-    os.environ["RNNLM_WORKERS"] = str(args.workers)  # each worker sizes its BLAS threads by the count
+    os.environ["RNNLM_ENGINE_ADDRESS"] = supervisor.address
     metrics_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # A scrape reaches one worker: all of them write their metrics here, and it reports the sum.
         metrics_dir = tempfile.mkdtemp(prefix="rnnlm-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # uvicorn re-raises the signal that stopped it once it has shut down: end with status 0, as asked.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
                     log_level=args.log_level, timeout_graceful_shutdown=10)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
     finally:
+        supervisor.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

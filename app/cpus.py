@@ -1,10 +1,8 @@
-"""How many CPU cores this process may use, and how many OpenBLAS threads each worker should run.
+"""How many CPU cores this process may use, and how many OpenBLAS threads the engine should run.
 
-The tanh RNN's CPU step runs in numpy, whose OpenBLAS keeps a pool of threads that spin between calls. One
-pool per worker process, each as wide as the machine, oversubscribes the cores: with 2 workers × 2 threads on
-this project's 2-core VM, 64 clients got 2–3k tok/s against 52–73k with 2 workers × 1 thread. So each worker
-gets ``usable cores ÷ workers`` threads (at least 1), counting only the cores the process may run on and its
-cgroup CPU quota (a container limited to 2 CPUs on a 64-core node has 2).
+The CPU decoding step runs in numpy, whose OpenBLAS keeps a pool of threads. Only the engine process runs the
+model, so it alone sizes that pool: by default to the usable cores, counting only the cores the process may
+run on and its cgroup CPU quota (a container limited to 2 CPUs on a 64-core node has 2).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-__all__ = ["blas_threads_per_worker", "limit_blas_threads", "usable_cpus"]
+__all__ = ["engine_blas_threads", "limit_blas_threads", "usable_cpus"]
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -41,9 +39,9 @@ def _cgroup_quota(root: Path) -> float | None:
         return None
 
 
-def blas_threads_per_worker(requested: int, workers: int, cpus: int) -> int:
-    """``requested`` when set (> 0), else the usable cores shared out between the workers, at least 1."""
-    return requested if requested > 0 else max(1, cpus // max(1, workers))
+def engine_blas_threads(requested: int, cpus: int) -> int:
+    """``requested`` when set (> 0), else the usable cores."""
+    return requested if requested > 0 else max(1, cpus)
 
 
 def limit_blas_threads(threads: int) -> int:

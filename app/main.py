@@ -1,4 +1,6 @@
-"""Builds the FastAPI application. The model is loaded in the lifespan, never at import time."""
+"""Builds the FastAPI application: the HTTP side of the server. It never touches the model: the lifespan
+connects to the engine process (:mod:`app.engine_core`) — the one ``rnnlm-serve`` started, at
+``RNNLM_ENGINE_ADDRESS``, or else one of its own, started and supervised here."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
-from app.engine import Engine
-from app.scheduler import prepare_model_thread
+from app.drain import Drain, DrainMiddleware
+from app.engine_client import EngineClient
 from app.errors import install_error_handlers
-from app.metrics import PUBLISH_EVERY_S, Metrics
+from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.routes import openai, ops, page, perplexity, predict
 from app.schemas import ErrorBody
 from app.settings import Settings
+from app.supervisor import EngineSupervisor
 
 __all__ = ["create_app"]
 
@@ -36,14 +39,7 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text} for code, tex
     (400, "malformed request (e.g. not JSON)"), (401, "missing or wrong API key (when one is configured)"),
     (404, "unknown route or model"), (405, "method not allowed"), (413, "request body too large"),
     (422, "invalid request or over a limit"), (429, "too many requests queued"), (500, "internal error"),
-    (503, "model not loaded yet")]}
-
-
-async def _publish_metrics(metrics: Metrics) -> None:
-    """Several workers: publish this worker's engine figures for the other workers' scrapes, once a second."""
-    while True:
-        await asyncio.sleep(PUBLISH_EVERY_S)
-        metrics.publish()
+    (503, "engine not ready, restarting, or the server is draining")]}
 
 
 def create_app(settings: Settings | None = None, *, load_model: bool = True) -> FastAPI:
@@ -51,27 +47,33 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        supervisor = client = None
         if load_model:
-            # The event loop's own small tensor ops (encoding a prompt) must not start OpenMP workers: their
-            # spin-waiting would take a core from the thread that runs the model.
-            prepare_model_thread(settings.model_threads, settings.flush_denormal)
-            app.state.engine = await run_in_threadpool(Engine.load, settings)
-            app.state.metrics.watch(app.state.engine)
-            app.state.metrics.model_loaded.set(1)
-            logger.info("serving %s (%s)", settings.weights, app.state.engine.model.config)
-        publisher = asyncio.create_task(_publish_metrics(app.state.metrics)) if app.state.metrics.shared else None
-        yield
-        if publisher is not None:
-            publisher.cancel()
-        app.state.metrics.close()
-        engine, app.state.engine = app.state.engine, None
-        if engine is not None:
-            engine.close()
+            address = settings.engine_address
+            if address is None:  # no rnnlm-serve around us: an engine of our own
+                supervisor = EngineSupervisor(settings)
+                await run_in_threadpool(supervisor.start)
+                address = supervisor.address
+            client = EngineClient(address, settings)
+            await client.start()
+            app.state.engine = client
+            app.state.drain.install(asyncio.get_running_loop())
+            logger.info("serving %s through the engine process (pid %s)", settings.weights, client.engine["pid"])
+        try:
+            yield
+        finally:
+            app.state.engine = None
+            app.state.metrics.close()
+            if client is not None:
+                await client.close()
+            if supervisor is not None:
+                await run_in_threadpool(supervisor.stop)
 
     app = FastAPI(title="rnnlm", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings
     app.state.engine = None
     app.state.metrics = Metrics()
+    app.state.drain = Drain(settings.drain_seconds)
     install_error_handlers(app)
     for module in (predict, perplexity, openai, ops, page):
         app.include_router(module.router)
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
 
     # Added innermost first: the last one added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value() if settings.api_key else None)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],

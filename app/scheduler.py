@@ -11,13 +11,15 @@ job never stalls generation for long. A lone generating sequence with nothing el
 single-stream decoder (:class:`model.decode.StepDecoder`, the same numbers at half the cost) until other work
 arrives.
 
-Requests wait in a bounded queue; a full queue refuses new work at once (the route answers 429).
+Requests wait in a bounded queue; a full queue refuses new work at once (the client answers 429).
+
+The scheduler has no thread of its own: the engine process's loop (:mod:`app.engine_core`) calls
+:meth:`Scheduler.run_once` whenever there is work, between reading new requests from its socket.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -30,9 +32,9 @@ from app.prefix_cache import PrefixCache
 from model import RNNLM, State
 from model.batch import BatchDecoder
 from model.decode import StepDecoder
-from model.inference import iter_warm
+from model.inference import drain, iter_warm
 
-__all__ = ["GenerationJob", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
+__all__ = ["GenerationJob", "Job", "OneAtATime", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
 
 logger = logging.getLogger("rnnlm")
 
@@ -49,9 +51,8 @@ def prepare_model_thread(threads: int, flush_denormal: bool) -> None:
     """Settings that belong to the calling thread, for a thread that runs the model.
 
     Both are per thread: the FTZ/DAZ bits live in the thread's floating-point control register, and OpenMP's
-    thread count is a per-thread setting. Measured here (2 cores, 1 × 512 tanh RNN): outside the main thread,
-    2 OpenMP threads make a batch step 2× slower than 1 (204 vs 88 µs for one row, 759 vs 664 µs for 64),
-    while the event loop needs a core of its own anyway.
+    thread count is a per-thread setting. Only the engine process calls this: flushing denormals in an HTTP
+    process would make a schema-valid 5e-324 compare equal to 0 there.
     """
     torch.set_num_threads(threads)
     torch.set_flush_denormal(flush_denormal)
@@ -102,43 +103,33 @@ class Row:
 
 class Scheduler:
     def __init__(self, model: RNNLM, cache: PrefixCache | None, max_batch: int, max_queue: int,
-                 flush_denormal: bool, prefill_chars: int, chunk_chars: int, threads: int = 1):
+                 prefill_chars: int, chunk_chars: int, interrupt: Callable[[], bool] = lambda: False):
         self.model = model
         self.prefill_chars = prefill_chars
         self.chunk_chars = chunk_chars
         self.cache = cache
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.flush_denormal = flush_denormal
-        self.threads = threads
+        # Called between a lone sequence's tokens: the engine reads waiting messages and sends due output;
+        # True when new jobs arrived (the lone sequence then rejoins the batch).
+        self.interrupt = interrupt
         self.vocab_size = model.config.vocab_size
         self._pending: deque[Job] = deque()
-        self._cond = threading.Condition()
-        self._stopped = False
         self._tasks: list[Job] = []  # scoring jobs and long-prompt warm-ups, advanced a chunk per turn
         self._rows: list[Row] = []
         self._decoder = BatchDecoder(model)
         self._logits = torch.zeros(0, self.vocab_size, device=model.device)  # (rows, V)
         self.steps = 0  # batch steps run, and the rows they stepped in all (mean batch = rows_stepped / steps)
         self.rows_stepped = 0
-        self._thread = threading.Thread(target=self._run, name="rnnlm-scheduler", daemon=True)
-
-    # -- client side (any thread) ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
 
     def submit(self, job: Job) -> None:
-        with self._cond:
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull
-            self._pending.append(job)
-            self._cond.notify()
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull
+        self._pending.append(job)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._tasks or self._rows)
 
     @property
     def queued(self) -> int:
@@ -148,29 +139,22 @@ class Scheduler:
     def batch_rows(self) -> int:
         return len(self._rows)
 
-    # -- the scheduler thread -------------------------------------------------------------------------------
-    def _run(self) -> None:
-        prepare_model_thread(self.threads, self.flush_denormal)
-        while True:
-            with self._cond:
-                while not (self._stopped or self._pending or self._tasks or self._rows):
-                    self._cond.wait()
-                if self._stopped:
-                    break
-                admitted = self._admit()
-            try:
-                alone = len(admitted) == 1 and not self._rows and not self._tasks
-                for job in admitted:
-                    self._start(job, alone)
-                self._advance_tasks()
-                if self._can_go_solo():
-                    self._solo()
-                elif self._rows:
-                    self._step()
-            except Exception as error:  # a bug or a device failure: fail what is running, keep serving
-                logger.exception("scheduler step failed")
-                self._fail_all(error)
-        self._fail_all(RuntimeError("the server is shutting down"), pending=True)
+    def run_once(self) -> None:
+        """One turn: admit queued jobs, advance every task a chunk, step the batch once (or run a lone
+        sequence until something else needs the engine)."""
+        admitted = self._admit()
+        try:
+            alone = len(admitted) == 1 and not self._rows and not self._tasks
+            for job in admitted:
+                self._start(job, alone)
+            self._advance_tasks()
+            if self._can_go_solo():
+                self._solo()
+            elif self._rows:
+                self._step()
+        except Exception as error:  # a bug or a device failure: fail what is running, keep serving
+            logger.exception("scheduler step failed")
+            self.fail_all(error)
 
     def _admit(self) -> list[Job]:
         """Take queued jobs while the batch has room (tasks take no rows, but at most max_batch at once)."""
@@ -286,7 +270,7 @@ class Scheduler:
         d = row.decoding
         decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.cpu_step)
         already = len(d.generated)
-        logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or bool(self._pending))
+        logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or self.interrupt())
         steps = len(d.generated) - already
         self.steps += steps
         self.rows_stepped += steps
@@ -339,19 +323,72 @@ class Scheduler:
             self._finish(job, None, None)
 
     def _finish(self, job: Job, result, error: BaseException | None) -> None:
-        if isinstance(job, GenerationJob):
-            for d in job.decodings:
-                d.finish(error)
         job.on_done(result, error)
 
-    def _fail_all(self, error: BaseException, pending: bool = False) -> None:
+    def fail_all(self, error: BaseException, pending: bool = False) -> None:
+        """End every running job (and, with ``pending``, every queued one) with ``error``."""
         jobs = {row.job for row in self._rows} | set(self._tasks)
         if pending:
-            with self._cond:
-                jobs |= set(self._pending)
-                self._pending.clear()
+            jobs |= set(self._pending)
+            self._pending.clear()
         self._rows, self._tasks = [], []
         self._decoder = BatchDecoder(self.model)
         self._logits = torch.zeros(0, self.vocab_size, device=self.model.device)
         for job in jobs:
             self._finish(job, None, error)
+
+
+class OneAtATime:
+    """Batching off (the comparison baseline): each job runs to its end alone, in arrival order, its prompt read
+    by the model's sequence forward pass and its tokens one at a time by the single-stream decoder."""
+
+    def __init__(self, model: RNNLM, cache: PrefixCache | None, max_queue: int, chunk_chars: int,
+                 interrupt: Callable[[], bool] = lambda: False):
+        self.model = model
+        self.cache = cache
+        self.max_queue = max_queue
+        self.chunk_chars = chunk_chars
+        self.interrupt = interrupt  # checked between tokens: the engine reads new messages (cancellations)
+        self._pending: deque[Job] = deque()
+        self.steps = 0
+        self.rows_stepped = 0
+        self.batch_rows = 0
+
+    submit = Scheduler.submit
+    busy = property(lambda self: bool(self._pending))
+    queued = property(lambda self: len(self._pending))
+
+    def run_once(self) -> None:
+        job = self._pending.popleft()
+        self.batch_rows = 1
+        try:
+            result = drain(job.steps) if isinstance(job, TaskJob) else self._generate(job)
+            job.on_done(result, None)
+        except Exception as error:
+            job.on_done(None, error)
+        finally:
+            self.batch_rows = 0
+
+    def _generate(self, job: GenerationJob) -> None:
+        state, logits = job.start, job.start_logits
+        if logits is None:
+            state, logits = drain(iter_warm(self.model, job.ids[job.start_at :], state, self.chunk_chars))
+            if self.cache is not None:
+                self.cache.put(job.text, state, logits)
+        def stopped() -> bool:
+            self.interrupt()  # the engine reads new messages (a cancellation, say) and sends due output
+            return job.cancelled
+
+        for d in job.decodings:
+            decoder = StepDecoder(self.model, state)  # never None here: iter_warm read at least one id
+            step_logits = d.run(decoder, logits, stopped)
+            self.steps += len(d.generated)
+            self.rows_stepped += len(d.generated)
+            if self.cache is not None and d.generated:
+                self.cache.put(d.text_read, decoder.state, step_logits.clone())
+
+    def fail_all(self, error: BaseException, pending: bool = False) -> None:
+        jobs = list(self._pending) if pending else []
+        self._pending.clear()
+        for job in jobs:
+            job.on_done(None, error)

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="worker processes, each with its own model, batch and prefix cache")
+    workers: int = Field(1, ge=1, description="HTTP worker processes; all of them share one engine process")
+    engine_address: str | None = Field(None, description="the engine's socket (ipc://…), set by rnnlm-serve for its "
+                                       "workers; unset: the app starts an engine process of its own")
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
@@ -33,10 +35,13 @@ class Settings(BaseSettings):
     chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")
     prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")
     prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
-    flush_denormal: bool = Field(True, description="flush denormal floats to zero in the model's threads")
-    model_threads: int = Field(1, ge=1, description="torch intra-op threads of each thread that runs the model")
-    blas_threads: int = Field(0, ge=0, description="OpenBLAS threads per worker for the CPU step "
-                              "(0: the usable cores shared out between the workers, at least 1)")
+    stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="streamed text is sent at most this often per "
+                                   "stream (the first piece at once); 0: one event per token")
+    drain_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish")
+    flush_denormal: bool = Field(True, description="flush denormal floats to zero in the engine")
+    model_threads: int = Field(1, ge=1, description="torch intra-op threads of the engine")
+    blas_threads: int = Field(0, ge=0, description="OpenBLAS threads of the engine for the CPU step "
+                              "(0: the usable cores)")
 
     @property
     def cors_origin_list(self) -> list[str]:

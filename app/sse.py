@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
 
-from app.generation import Generation
-from app.errors import error_body
+from app.engine_client import Generation
+from app.errors import ApiError, error_body
 
 __all__ = ["event", "stream_generation"]
 
@@ -36,7 +36,10 @@ def stream_generation(generation: Generation, on_piece: Callable[[str], str],
             for end in on_end(generation):
                 yield end
             finished = True
-        except Exception:  # the status line has gone: report the failure as an event, never a traceback
+        except ApiError as e:  # the status line has gone: report the failure as an event (the engine died, say)
+            logger.warning("streamed generation ended early: %s", e.message)
+            yield event(error_body(e.status, e.message, e.param), "error")
+        except Exception:  # never a traceback
             logger.exception("streamed generation failed")
             yield event(error_body(500, "generation failed"), "error")
         finally:

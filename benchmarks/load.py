@@ -1,142 +1,245 @@
-"""Load test: the real server on 127.0.0.1 driven by an httpx async load generator at 1, 8 and 64 concurrent
-clients, each sending /predict (N = 200 tokens, greedy, prefixes drawn from the corpus) back to back for a
-bounded time: the default server (one worker) and, on a machine with several usable cores, one worker per
-core (``RNNLM_WORKERS``, each with its share of OpenBLAS threads). The same load then runs, in the same run,
-against the server with batching and the prefix cache switched off, and against a server that runs the
-notebook's predict loop per request (benchmarks/notebook_server.py); the ratios are printed.
+"""Load test with wrk: the real server (``python -m app``) on 127.0.0.1, driven by wrk — a C load generator
+that costs the 2-core machine far less than the server does (a Python client measures mostly itself) — with a
+Lua script that POSTs /predict bodies whose prefixes are drawn at random from the validation text (the last
+10 % of tiny Shakespeare).
 
-    python benchmarks/load.py [--weights weights/rnn.safetensors] [--clients 1 8 64] [--tokens 200]
-                              [--seconds 10] [--corpus ../shared/data/tinyshakespeare.txt]
+Lines, each measured in this one run (so ratios between them hold while the machine's speed drifts):
+- ``engine in process``: the engine alone, no HTTP or IPC — one request at a time through
+  :class:`app.engine_core.EngineCore` (the time to beat for 1 client);
+- the default server at 1 and 64 clients, N tokens, greedy; streaming at 64 clients;
+- a 0-token request (warm only) with an uncached prefix of 1, 10, 50 and 200 characters, 1 client;
+- ``RNNLM_WORKERS=2`` at 64 clients; the gated GRU (``--gated``) at 1 and 64 clients;
+- ``notebook loop``: a server running the notebook's predict loop per request (benchmarks/notebook_server.py).
 
-The load generator shares the machine with the server (2 cores here), so the figures include its cost.
+    python benchmarks/load.py [--seconds 10] [--tokens 200] [--only default,workers,gated,notebook,zero]
+    python benchmarks/load.py --soak 300   # 5 minutes at 64 clients: errors, RSS growth, same greedy outputs
+
+Needs ``wrk`` on the PATH (``apt-get install wrk``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import os
 import random
+import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.cpus import usable_cpus  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from tests.conftest import start_server, stop_server  # noqa: E402
 
-CORES = usable_cpus()
-SERVED = {  # name: (server module, environment)
-    "batching + cache": ("app", {}),
-    **({f"{CORES} workers": ("app", {"RNNLM_WORKERS": str(CORES)})} if CORES > 1 else {}),
-}
-BASELINES = {
-    "batching/cache off": ("app", {"RNNLM_BATCHING": "false", "RNNLM_PREFIX_CACHE_ENTRIES": "0"}),
-    "notebook loop": ("benchmarks.notebook_server", {}),
-}
-MODES = {**SERVED, **BASELINES}
+LUA = r"""
+local prefixes = {}
+for line in io.lines(os.getenv("RNNLM_PREFIXES")) do prefixes[#prefixes + 1] = line end
+local tail = os.getenv("RNNLM_BODY_TAIL")
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+function init(args)
+  counter = tonumber(os.getenv("RNNLM_SEED") or "1") + math.floor(os.clock() * 1000000)
+  math.randomseed(counter)
+end
+function request()
+  local p = prefixes[math.random(#prefixes)]
+  return wrk.format(nil, "/predict", nil, '{"prefix": ' .. p .. tail .. '}')
+end
+"""
 
 
-async def run_clients(base: str, clients: int, seconds: float, tokens: int, prefixes: list[str],
-                      seed: int) -> tuple[list[float], int, int, float]:
-    """``clients`` concurrent clients, each sending /predict back to back until ``seconds`` have passed:
-    (latencies in s, tokens generated, errors, elapsed s)."""
-    latencies: list[float] = []
-    generated = 0
-    errors = 0
+def validation_text(corpus: Path) -> str:
+    text = corpus.read_text(encoding="utf-8")
+    return text[int(len(text) * 0.9):]
+
+
+def write_prefixes(path: Path, text: str, length: int, count: int, seed: int) -> None:
     rng = random.Random(seed)
-    # One connection per client, like independent users (httpx's shared pool itself collapses at 64
-    # concurrent connections: 126 req/s on /health here, against 462 with a client each). Made before the
-    # clock starts: each loads the CA bundle (~20 ms).
-    https = [httpx.AsyncClient(base_url=base, timeout=60) for _ in range(clients)]
-    deadline = time.perf_counter() + seconds
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal generated, errors
-        async with http:
-            while time.perf_counter() < deadline:
-                body = {"prefix": rng.choice(prefixes), "num_tokens": tokens}
-                start = time.perf_counter()
-                try:
-                    r = await http.post("/predict", json=body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                    generated += r.json()["num_tokens"]
-                else:
-                    errors += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client(http) for http in https))
-    return latencies, generated, errors, time.perf_counter() - start
+    starts = rng.sample(range(len(text) - length), min(count, len(text) - length))
+    path.write_text("\n".join(json.dumps(text[s : s + length]) for s in starts) + "\n", encoding="utf-8")
 
 
-def _client_process(args: tuple) -> tuple[list[float], int, int, float]:
-    return asyncio.run(run_clients(*args))
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def run_load(base: str, clients: int, seconds: float, tokens: int, prefixes: list[str],
-             pool: ProcessPoolExecutor | None = None) -> dict:
-    """The load, from this process or split over the pool's processes (an asyncio client process tops out
-    near one core, which at 64 clients is the limit, not the server)."""
-    if pool is None or clients == 1:
-        parts = [asyncio.run(run_clients(base, clients, seconds, tokens, prefixes, clients))]
-    else:
-        n = pool._max_workers
-        shares = [clients // n + (i < clients % n) for i in range(n)]
-        jobs = [(base, k, seconds, tokens, prefixes, clients * 100 + i) for i, k in enumerate(shares) if k]
-        parts = list(pool.map(_client_process, jobs))
-    latencies = sorted(lat for part in parts for lat in part[0])
-    generated, errors = sum(p[1] for p in parts), sum(p[2] for p in parts)
-    elapsed = max(p[3] for p in parts)
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
-    return {"requests/s": len(latencies) / elapsed, "tokens/s": generated / elapsed, "p50 ms": pick(0.5),
-            "p99 ms": pick(0.99), "errors": errors, "requests": len(latencies)}
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, lua: Path) -> dict:
+    env = {**os.environ, "RNNLM_PREFIXES": str(prefixes), "RNNLM_BODY_TAIL": tail}
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "30s",
+                          "-s", str(lua), base], capture_output=True, text=True, env=env, check=True).stdout
+    requests_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)$", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    return {"req/s": requests_s, "p50": _ms(latency["50"]), "p99": _ms(latency["99"]), "errors": errors, "raw": out}
+
+
+def engine_in_process(weights: str, prefixes: list[str], tokens: int, repeats: int) -> float:
+    """Median ms for one request (uncached prefix, ``tokens`` greedy) through the engine alone."""
+    from app import protocol as p
+    from app.engine_core import EngineCore, _Request
+    from app.settings import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        core = EngineCore(Settings(weights=weights, prefix_cache_entries=0), f"ipc://{tmp}/engine.sock")
+        times = []
+        for i in range(repeats):
+            body = p.GenerateRequest(prefixes[i % len(prefixes)], tokens, [{"temperature": 0.0}])
+            start = time.perf_counter()
+            core._submit(_Request(b"bench", i, None), core._generation_job, body)
+            while core.scheduler.busy:
+                core.scheduler.run_once()
+            times.append(time.perf_counter() - start)
+            core._outbox.clear()
+        core.socket.close(linger=0)
+    return statistics.median(times[repeats // 10 :]) * 1000
+
+
+def line(name: str, clients: int, tokens: int, r: dict) -> str:
+    return (f"{name:<22} {clients:>3} clients: {r['req/s'] * tokens:>9,.0f} tok/s  {r['req/s']:>8,.1f} req/s  "
+            f"p50 {r['p50']:>7.2f} ms  p99 {r['p99']:>7.2f} ms  errors {r['errors']}")
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            out += [kid, *children(kid)]
+    return out
+
+
+def greedy_outputs(base: str, prompts: list[str], tokens: int) -> list[str]:
+    return [httpx.post(f"{base}/predict", json={"prefix": q, "num_tokens": tokens}, timeout=60).json()["completion"]
+            for q in prompts]
+
+
+def soak(args, weights: str, prefixes: Path, lua: Path, tmp: Path) -> None:
+    base, proc = start_server(weights, tmp / "soak.log")
+    try:
+        pids = {"http": proc.pid, "engine": httpx.get(f"{base}/info").json()["serving"]["engine_pid"]}
+        prompts = [json.loads(x) for x in prefixes.read_text().splitlines()[:8]]
+        before = greedy_outputs(base, prompts, args.tokens)
+        tail = f', "num_tokens": {args.tokens}'
+        run_wrk(base, 64, 60, prefixes, tail, lua)  # the first minute: warm-up, not judged
+        rss0 = {k: rss_own(v) for k, v in pids.items()}
+        r = run_wrk(base, 64, args.soak - 60, prefixes, tail, lua)
+        rss1 = {k: rss_own(v) for k, v in pids.items()}
+        after = greedy_outputs(base, prompts, args.tokens)
+        print(line(f"soak {args.soak:.0f} s", 64, args.tokens, r))
+        for k in pids:
+            print(f"  {k} RSS after the first minute {rss0[k] / 1024:.1f} MiB, at the end {rss1[k] / 1024:.1f} MiB "
+                  f"({(rss1[k] / rss0[k] - 1) * 100:+.1f} %)")
+        print(f"  greedy outputs at the end equal those at the start: {before == after}")
+    finally:
+        stop_server(proc)
+
+
+def rss_own(pid: int) -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="weights/rnn.safetensors")
-    parser.add_argument("--corpus", default="../shared/data/tinyshakespeare.txt")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--gated", default="weights/gated.safetensors")
+    parser.add_argument("--corpus", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level (after a 1 s warm-up)")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="client processes to split the clients over (default 1: one asyncio loop)")
+    parser.add_argument("--prefix-chars", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per line (after a 2 s warm-up)")
+    parser.add_argument("--only", default="default,zero,workers,gated,notebook",
+                        help="comma-separated parts to run (default: all)")
+    parser.add_argument("--soak", type=float, default=0, help="instead: a soak of this many seconds at 64 clients")
     args = parser.parse_args()
-    corpus = Path(args.corpus).read_text(encoding="utf-8")
-    rng = random.Random(0)
-    prefixes = []
-    for _ in range(2000):
-        start, length = rng.randrange(len(corpus) - 200), rng.randint(20, 120)
-        prefixes.append(corpus[start : start + length])
+    if shutil.which("wrk") is None:
+        sys.exit("load.py: error: wrk is not installed (apt-get install wrk)")
+    only = set(args.only.split(","))
+    text = validation_text(Path(args.corpus))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        lua = tmp / "predict.lua"
+        lua.write_text(LUA)
+        prefixes = tmp / "prefixes.txt"
+        write_prefixes(prefixes, text, args.prefix_chars, 20000, 0)
+        if args.soak:
+            return soak(args, args.weights, prefixes, lua, tmp)
+        tail = f', "num_tokens": {args.tokens}'
+        results: dict[tuple[str, int], dict] = {}
 
-    pool = ProcessPoolExecutor(args.processes) if args.processes > 1 else None
-    results: dict[tuple[str, int], dict] = {}
-    for mode, (module, env) in MODES.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            base, proc = start_server(args.weights, Path(tmp) / "server.log", module, **env)
+        def measure(name: str, base: str, clients: int, body_tail: str = tail, files: Path = prefixes,
+                    tokens: int = args.tokens) -> dict:
+            run_wrk(base, clients, 2, files, body_tail, lua)  # warm-up
+            r = results[name, clients] = run_wrk(base, clients, args.seconds, files, body_tail, lua)
+            print(line(name, clients, tokens, r), flush=True)
+            return r
+
+        if "default" in only:
+            sample = [json.loads(x) for x in prefixes.read_text().splitlines()[:400]]
+            engine_ms = engine_in_process(args.weights, sample, args.tokens, 200)
+            print(f"{'engine in process':<22}   1 request : {engine_ms:.2f} ms median "
+                  f"({args.prefix_chars}-char uncached prefix, {args.tokens} tokens)", flush=True)
+        base, proc = start_server(args.weights, tmp / "default.log")
+        try:
+            if "default" in only:
+                one = measure("default", base, 1)
+                measure("default", base, 64)
+                measure("default, streaming", base, 64, tail + ', "stream": true')
+                print(f"  1 client p50 / engine in process = {one['p50'] / engine_ms:.2f}x")
+            if "zero" in only:
+                for n in (1, 10, 50, 200):
+                    files = tmp / f"prefixes{n}.txt"
+                    write_prefixes(files, text, n, 100000, n)
+                    measure(f"0 tokens, {n}-char prefix", base, 1, ', "num_tokens": 0', files, 0)
+        finally:
+            stop_server(proc)
+        if "workers" in only:
+            base, proc = start_server(args.weights, tmp / "workers.log", RNNLM_WORKERS="2")
             try:
-                for clients in args.clients:
-                    run_load(base, clients, 1.0, args.tokens, prefixes, pool)  # warm-up
-                    r = results[mode, clients] = run_load(base, clients, args.seconds, args.tokens, prefixes, pool)
-                    print(f"{mode:<18} {clients:>3} clients: {r['requests/s']:>7,.1f} req/s  "
-                          f"{r['tokens/s']:>8,.0f} tok/s  p50 {r['p50 ms']:>7,.1f} ms  p99 {r['p99 ms']:>7,.1f} ms  "
-                          f"errors {r['errors']}  ({r['requests']} requests)", flush=True)
+                measure("RNNLM_WORKERS=2", base, 64)
             finally:
                 stop_server(proc)
-    for clients in args.clients:
-        for served in SERVED:
-            a = results[served, clients]
-            for baseline in BASELINES:
-                b = results[baseline, clients]
-                print(f"{clients:>3} clients: {served} / {baseline} = {a['tokens/s'] / b['tokens/s']:.2f}x tokens/s, "
-                      f"p50 {a['p50 ms']:.1f} vs {b['p50 ms']:.1f} ms")
+        if "gated" in only:
+            base, proc = start_server(args.gated, tmp / "gated.log")
+            try:
+                measure("gated GRU 2x512", base, 1)
+                measure("gated GRU 2x512", base, 64)
+            finally:
+                stop_server(proc)
+        if "notebook" in only:
+            base, proc = start_server(args.weights, tmp / "notebook.log", "benchmarks.notebook_server")
+            try:
+                nb = measure("notebook loop", base, 64)
+            finally:
+                stop_server(proc)
+            if "default" in only:
+                ratio = results["default", 64]["req/s"] / nb["req/s"]
+                print(f"  64 clients: default / notebook loop = {ratio:.1f}x tok/s")
 
 
 if __name__ == "__main__":

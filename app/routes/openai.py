@@ -8,21 +8,19 @@ import uuid
 from fastapi import APIRouter, Depends
 
 from app.deps import get_engine, get_metrics
-from app.engine import Engine
-from app.generation import Generation, TokenInfo
+from app.engine_client import EngineClient, Generation, TokenInfo
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
                          ModelList, PromptTokensDetails, Usage)
 from app.sse import event, stream_generation
-from model.sampling import Sampler
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 STARTED = int(time.time())
 
 
 @router.get("/models", response_model=ModelList)
-async def models(engine: Engine = Depends(get_engine)) -> ModelList:
+async def models(engine: EngineClient = Depends(get_engine)) -> ModelList:
     """The one model this server serves."""
     return ModelList(data=[ModelCard(id=engine.settings.model_id, created=STARTED)])
 
@@ -33,18 +31,17 @@ def _logprobs(infos: list[TokenInfo], start_offset: int) -> CompletionLogprobs:
                               top_logprobs=[i.top for i in infos], text_offset=offsets)
 
 
-async def _prompt_infos(engine: Engine, prompt: str, k: int) -> list[TokenInfo]:
+async def _prompt_infos(engine: EngineClient, prompt: str, k: int) -> list[TokenInfo]:
     """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does)."""
     infos = [TokenInfo(prompt[0], None, None)]
     if len(prompt) > 1:
-        s, _, _ = await engine.perplexity(prompt, None, True, top_k=k)
+        s = await engine.perplexity(prompt, None, True, top_k=k)
         for i, char in enumerate(prompt[1:]):
-            top = {engine.vocab.tokens[t]: v for t, v in zip(s.top_ids[i], s.top_logprobs[i])} if k else None
-            infos.append(TokenInfo(char, s.token_logprobs[i], top))
+            infos.append(TokenInfo(char, s.token_logprobs[i], s.top[i] if k else None))
     return infos
 
 
-def _choice(engine: Engine, body: CompletionRequest, g: Generation, index: int,
+def _choice(engine: EngineClient, body: CompletionRequest, g: Generation, index: int,
             prompt_infos: list[TokenInfo] | None) -> CompletionChoice:
     text = (body.prompt if body.echo else "") + g.completion
     logprobs = None
@@ -56,7 +53,7 @@ def _choice(engine: Engine, body: CompletionRequest, g: Generation, index: int,
 
 @router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False, responses={
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
-async def completions(body: CompletionRequest, engine: Engine = Depends(get_engine),
+async def completions(body: CompletionRequest, engine: EngineClient = Depends(get_engine),
                       metrics: Metrics = Depends(get_metrics)):
     """OpenAI's legacy completions API over this character model (one token = one character)."""
     model_id = engine.settings.model_id
@@ -71,8 +68,8 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
-    samplers = [Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                        seed=None if body.seed is None else body.seed + i) for i in range(body.n)]
+    samplers = [{"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
+                 "seed": None if body.seed is None else body.seed + i} for i in range(body.n)]
     prompt_infos = None
     if body.echo and k is not None:
         engine.check_chars(body.prompt, "prompt")

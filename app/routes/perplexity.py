@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Depends
 
 from app.deps import get_engine, get_metrics
-from app.engine import Engine
+from app.engine_client import EngineClient
 from app.metrics import Metrics
 from app.schemas import PerplexityRequest, PerplexityResponse
 
@@ -13,16 +15,16 @@ router = APIRouter(tags=["scoring"])
 
 
 @router.post("/perplexity", response_model=PerplexityResponse, response_model_exclude_none=True)
-async def perplexity(body: PerplexityRequest, engine: Engine = Depends(get_engine),
+async def perplexity(body: PerplexityRequest, engine: EngineClient = Depends(get_engine),
                      metrics: Metrics = Depends(get_metrics)) -> PerplexityResponse:
     """Perplexity = exp(mean negative log-likelihood) of `text`, optionally after a `context` that only warms
     the state. Without a context the first character is not scored (nothing predicts it)."""
-    result, unknown_chars, cached_chars = await engine.perplexity(body.text, body.context, body.token_logprobs)
+    result = await engine.perplexity(body.text, body.context, body.token_logprobs)
     metrics.chars_scored.inc(result.num_scored)
     scored = body.text if body.context else body.text[1:]
     return PerplexityResponse(
-        perplexity=result.perplexity, nll=result.nll, bits_per_char=result.bits_per_char,
-        num_scored=result.num_scored, unknown_chars=unknown_chars, cached_chars=cached_chars,
+        perplexity=math.exp(result.nll), nll=result.nll, bits_per_char=result.nll / math.log(2),
+        num_scored=result.num_scored, unknown_chars=result.unknown_chars, cached_chars=result.cached_chars,
         tokens=list(scored) if body.token_logprobs else None,
         token_logprobs=result.token_logprobs if body.token_logprobs else None,
     )

@@ -5,12 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import get_engine, get_metrics
-from app.engine import Engine
-from app.generation import Generation
+from app.engine_client import EngineClient, Generation
 from app.metrics import Metrics
 from app.schemas import PredictRequest, PredictResponse
 from app.sse import event, stream_generation
-from model.sampling import Sampler
 
 router = APIRouter(tags=["generation"])
 DEFAULT_NUM_TOKENS = 100
@@ -24,9 +22,9 @@ def _response(g: Generation) -> PredictResponse:
 @router.post("/predict", response_model=PredictResponse, responses={
     200: {"content": {"text/event-stream": {}},
                     "description": "JSON, or with stream: true events `token` ({text}) and a final `result`"}})
-async def predict(body: PredictRequest, engine: Engine = Depends(get_engine), metrics: Metrics = Depends(get_metrics)):
+async def predict(body: PredictRequest, engine: EngineClient = Depends(get_engine), metrics: Metrics = Depends(get_metrics)):
     """Warm the latent state on `prefix`, then generate `num_tokens` characters (greedy when temperature is 0)."""
-    sampler = Sampler(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
+    sampler = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed}
     num_tokens = body.num_tokens if body.num_tokens is not None else min(DEFAULT_NUM_TOKENS, engine.settings.max_num_tokens)
     (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream)
     if body.stream:

@@ -54,12 +54,12 @@ def test_openapi_schema_documents_the_endpoints(client):
 
 
 def test_an_unexpected_error_is_a_500_with_the_error_body_and_no_traceback(settings, monkeypatch):
-    from app.engine import Engine
+    from app.engine_client import EngineClient
 
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(Engine, "perplexity", boom)
+    monkeypatch.setattr(EngineClient, "perplexity", boom)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         r = c.post("/perplexity", json={"text": "abc"})
     error = assert_error(r, 500)

@@ -1,10 +1,13 @@
 import json
 
+from fastapi.testclient import TestClient
+
 import torch
 
 from model import generate, warm
 from model.inference import iter_tokens
 from model.sampling import Sampler
+from app.main import create_app
 from tests.conftest import assert_error
 
 
@@ -67,18 +70,30 @@ def parse_events(text: str) -> list[tuple[str | None, str]]:
     return events
 
 
-def test_streaming_sends_one_event_per_token_then_the_result(client, loaded):
-    with client.stream("POST", "/predict", json={"prefix": "All:\n", "num_tokens": 25, "stream": True}) as r:
+def stream_predict(client, body: dict) -> tuple[list[str], dict]:
+    with client.stream("POST", "/predict", json={**body, "stream": True}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = parse_events(r.read().decode())
-    tokens = [json.loads(d)["text"] for n, d in events if n == "token"]
-    assert len(tokens) == 25
     name, data = events[-1]
     assert name == "result"
-    result = json.loads(data)
+    return [json.loads(d)["text"] for n, d in events[:-1] if n == "token"], json.loads(data)
+
+
+def test_streaming_with_no_flush_interval_sends_one_event_per_token_then_the_result(settings, loaded):
+    with TestClient(create_app(settings.model_copy(update={"stream_flush_ms": 0}))) as client:
+        tokens, result = stream_predict(client, {"prefix": "All:\n", "num_tokens": 25})
+    assert len(tokens) == 25
     assert "".join(tokens) == result["completion"] == library_greedy(loaded, "All:\n", 25)
     assert result["num_tokens"] == 25
+
+
+def test_streamed_text_is_coalesced_by_time_and_the_first_piece_goes_at_once(settings, loaded):
+    """A long flush interval: the first character comes alone (time to first token), the rest together."""
+    with TestClient(create_app(settings.model_copy(update={"stream_flush_ms": 1000}))) as client:
+        tokens, result = stream_predict(client, {"prefix": "All:\n", "num_tokens": 200})
+    assert len(tokens[0]) == 1 and 2 <= len(tokens) < 10, [len(t) for t in tokens]
+    assert "".join(tokens) == result["completion"] == library_greedy(loaded, "All:\n", 200)
 
 
 def test_predict_rejects_unknown_fields(client):

@@ -1,16 +1,14 @@
-"""Several worker processes: OpenBLAS sized per worker (usable cores from affinity and cgroup quotas, in files
-made by the tests; the share per worker), and a real two-worker server whose every worker runs its share,
-answers as one worker alone, and whose /metrics report the sum over both workers whichever one answers."""
+"""Several HTTP worker processes and one engine: the engine's OpenBLAS threads (usable cores from affinity and
+cgroup quotas, in files made by the tests), and a real two-worker server whose workers share the engine."""
 
 import asyncio
 import os
 import re
-import time
 
 import httpx
 import pytest
 
-from app.cpus import blas_threads_per_worker, usable_cpus
+from app.cpus import engine_blas_threads, usable_cpus
 from model import load_weights
 from tests.app.test_batching import SHIPPED, post_all, prefixes
 from tests.app.test_predict import library_greedy
@@ -36,37 +34,39 @@ def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path, files,
     assert usable_cpus(tmp_path) == expected
 
 
-@pytest.mark.parametrize("requested, workers, cpus, expected", [
-    (0, 1, 2, 2), (0, 2, 2, 1), (0, 4, 2, 1), (0, 2, 16, 8), (0, 3, 16, 5), (3, 2, 2, 3)])
-def test_blas_threads_share_the_cores_between_workers(requested, workers, cpus, expected):
-    assert blas_threads_per_worker(requested, workers, cpus) == expected
+@pytest.mark.parametrize("requested, cpus, expected", [(0, 1, 1), (0, 2, 2), (0, 16, 16), (3, 2, 3), (1, 16, 1)])
+def test_the_engine_takes_the_requested_blas_threads_or_the_usable_cores(requested, cpus, expected):
+    assert engine_blas_threads(requested, cpus) == expected
 
 
-def test_a_two_worker_server_runs_its_share_of_blas_threads_answers_as_alone_and_sums_its_metrics(tmp_path):
+def test_two_http_workers_share_one_engine_its_prefix_cache_and_its_metrics(tmp_path):
+    """RNNLM_WORKERS=2: both workers relay to the same engine process (one batch, one prefix cache): a
+    continuation hits the cache whichever worker it reaches, answers are as alone, and every scrape reports the
+    HTTP figures summed over both workers and the engine's once."""
     shipped = load_weights(SHIPPED)
     base, proc = start_server(SHIPPED, tmp_path / "server.log", RNNLM_WORKERS="2")
     try:
         # A fresh connection each time: the kernel hands them to either worker.
         serving = [httpx.get(f"{base}/info").json()["serving"] for _ in range(8)]
-        assert {(s["workers"], s["blas_threads"]) for s in serving} == {(2, max(1, usable_cpus() // 2))}
+        assert len({s["engine_pid"] for s in serving}) == 1 and {s["workers"] for s in serving} == {2}
         texts = prefixes(16)
         responses = asyncio.run(post_all(base, [("/predict", {"prefix": p, "num_tokens": 100}) for p in texts]))
         for p, r in zip(texts, responses):
             assert r.status_code == 200, r.text
             assert r.json()["completion"] == library_greedy(shipped, p, 100), p
-        # Request counters are written as they happen; the engine's figures within a publishing interval.
-        deadline = time.monotonic() + 10
-        while True:
-            scrapes = [httpx.get(f"{base}/metrics").text for _ in range(4)]
-            stepped = [sample(t, "rnnlm_batch_rows_stepped_total") for t in scrapes]
-            if all(rows >= 16 * 100 for rows in stepped) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        for text in scrapes:
-            assert sample(text, "rnnlm_generated_tokens_total") == 16 * 100
-            assert sample(text, "rnnlm_requests_total", route="/predict", status="200") == 16
+        # Each continuation on a fresh connection (either worker): the engine's cache has the whole text.
+        for p, r in zip(texts[:8], responses[:8]):
+            follow = p + r.json()["completion"]
+            again = httpx.post(f"{base}/predict", json={"prefix": follow + "\n", "num_tokens": 10}).json()
+            assert again["cached_chars"] == len(follow)
+            assert again["completion"] == library_greedy(shipped, follow + "\n", 10)
+        for text in [httpx.get(f"{base}/metrics").text for _ in range(4)]:
+            assert sample(text, "rnnlm_generated_tokens_total") == 16 * 100 + 8 * 10
+            assert sample(text, "rnnlm_requests_total", route="/predict", status="200") == 16 + 8
             assert sample(text, "rnnlm_model_loaded") == 1
-            assert sample(text, "rnnlm_batch_rows_stepped_total") >= 16 * 100  # every token read is a row step
+            # every token read is a row step, counted once by the one engine
+            assert 16 * 100 + 8 * 10 <= sample(text, "rnnlm_batch_rows_stepped_total") < 2 * (16 * 100 + 8 * 10)
+            assert sample(text, "rnnlm_prefix_cache_hits_total") >= 8
     finally:
         stop_server(proc)
 

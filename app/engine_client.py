@@ -1,0 +1,285 @@
+"""The HTTP process's side of the engine: checks a request against the server's limits, sends it to the
+engine process, and hands the routes what comes back. Nothing here touches a tensor (nor imports torch).
+
+One ZeroMQ DEALER socket per HTTP process, read by one task that routes every reply to its request by id.
+The socket's monitor reports the engine's connection coming and going: when the engine dies every request in
+flight ends at once with a 503 and :attr:`EngineClient.ready` is False until a restarted engine has answered
+``hello`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from app import protocol as p
+from app.errors import ApiError
+from app.protocol import TokenInfo
+from app.settings import Settings
+
+__all__ = ["EngineClient", "Generation", "TokenInfo"]
+
+logger = logging.getLogger("rnnlm")
+
+_END = object()
+ENGINE_LOST = "the engine stopped while serving this request; retry"
+
+
+@dataclass
+class Generation:
+    """What a client gets back: the released text so far and, at the end, the totals."""
+
+    prefix: str
+    unknown_chars: int = 0
+    cached_chars: int = 0  # characters of the prefix whose state came from the prefix cache
+    completion: str = ""
+    finish_reason: str = "length"
+    tokens: list[TokenInfo] = field(default_factory=list)
+    pieces: asyncio.Queue | None = None  # streaming only: released text, then the end marker (or an error)
+    cancel: Callable[[], None] = lambda: None  # stop generating (the client has gone)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.completion)
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Streaming: each piece of released text as it arrives; raises if the generation failed."""
+        while (piece := await self.pieces.get()) is not _END:
+            if isinstance(piece, BaseException):
+                raise piece
+            text, infos = piece
+            self.completion += text
+            self.tokens.extend(infos)
+            yield text
+
+    def finish(self, result: p.GenerationResult) -> None:
+        self.cached_chars, self.unknown_chars = result.cached_chars, result.unknown_chars
+        self.finish_reason = result.finish_reason
+        if self.pieces is None:
+            self.completion, self.tokens = result.completion, result.tokens
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A request sent to the engine: its result, and for streams the first sign of life."""
+
+    rid: int
+    result: asyncio.Future
+    generations: list[Generation] = field(default_factory=list)
+    first: asyncio.Future | None = None  # streaming: set at the first piece, result or error
+
+
+class EngineClient:
+    def __init__(self, address: str, settings: Settings):
+        self.address = address
+        self.settings = settings
+        self.context = zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, f"http-{os.getpid()}-{id(self):x}".encode())
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an engine that is not there
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.socket.connect(address)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._ready = asyncio.Event()
+        self.engine: dict = {}  # the engine's description (READY): config, vocab, pid, …
+        self._tasks: list[asyncio.Task] = []
+        self.disconnects = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start reading, and wait until the engine has answered (raises TimeoutError)."""
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._lose_engine("the server is shutting down")
+        self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+        self.context.term()
+
+    async def _watch(self) -> None:
+        """Connection events: say hello on (re)connect; on a disconnect fail everything in flight."""
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                await self._send(p.HELLO, 0, None)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                if self.ready:
+                    logger.warning("lost the engine; %d requests in flight end with 503", len(self._pending))
+                self._ready.clear()
+                self._lose_engine(ENGINE_LOST)
+
+    def _lose_engine(self, message: str) -> None:
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            self._fail(request, ApiError(503, message, headers={"Retry-After": "1"}))
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.socket.recv()
+            for message in p.loads(frame):
+                try:
+                    self._dispatch(*message)
+                except Exception:  # a bug here must not stop every later reply from arriving
+                    logger.exception("could not handle the engine's %r", message[0])
+
+    def _dispatch(self, kind: str, rid: int, payload) -> None:
+        if kind == p.READY:
+            self.engine = payload
+            self._ready.set()
+            return
+        request = self._pending.get(rid)
+        if request is None:  # cancelled, or from before the engine restarted
+            return
+        if kind == p.PIECES:
+            self._pieces(request, payload)
+            return
+        del self._pending[rid]
+        if kind == p.ERROR:
+            status, message = payload
+            headers = {"Retry-After": "1"} if status in (429, 503) else None
+            self._fail(request, ApiError(status, message, headers=headers))
+        else:  # DONE or STATS
+            self._succeed(request, payload)
+
+    def _pieces(self, request: _Pending, pieces: list) -> None:
+        for index, text, infos in pieces:
+            request.generations[index].pieces.put_nowait((text, infos))
+        _settle(request.first, None)
+
+    def _succeed(self, request: _Pending, payload) -> None:
+        for g, result in zip(request.generations, payload if request.generations else ()):
+            g.finish(result)
+            if g.pieces is not None:
+                g.pieces.put_nowait(_END)
+        _settle(request.first, None)
+        _settle(request.result, payload)
+
+    def _fail(self, request: _Pending, error: ApiError) -> None:
+        for g in request.generations:
+            if g.pieces is not None:
+                g.pieces.put_nowait(error)
+                g.pieces.put_nowait(_END)
+        _settle(request.first, error)
+        _settle(request.result, error)
+
+    async def _send(self, kind: str, rid: int, payload) -> None:
+        await self.socket.send(p.dumps([(kind, rid, payload)]))
+
+    async def _request(self, kind: str, payload, generations: list[Generation] = (),
+                       stream: bool = False) -> _Pending:
+        if not self.ready:
+            raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        request = _Pending(rid, loop.create_future(), list(generations), loop.create_future() if stream else None)
+        self._pending[rid] = request
+        for g in generations:
+            g.cancel = lambda: self._cancel(rid)
+        await self._send(kind, rid, payload)
+        return request
+
+    def _cancel(self, rid: int) -> None:
+        if self._pending.pop(rid, None) is not None:
+            asyncio.ensure_future(self._send(p.CANCEL, rid, None))
+
+    async def _wait(self, request: _Pending, future: asyncio.Future):
+        """Await ``future``; if the client goes away first (the handler is cancelled), cancel the request."""
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._cancel(request.rid)
+            raise
+
+    # -- limits ---------------------------------------------------------------------------------------------
+    def check_chars(self, value: str | None, param: str) -> None:
+        if value is not None and len(value) > self.settings.max_text_chars:
+            raise ApiError(422, f"{param} has {len(value):,} characters; the limit is "
+                                f"{self.settings.max_text_chars:,}", param)
+
+    def check_tokens(self, n: int, param: str) -> None:
+        if n > self.settings.max_num_tokens:
+            raise ApiError(422, f"{param} is {n:,}; the limit is {self.settings.max_num_tokens:,}", param)
+
+    def check_stops(self, stops: list[str], param: str = "stop") -> list[str]:
+        if len(stops) > self.settings.max_stop_sequences:
+            raise ApiError(422, f"at most {self.settings.max_stop_sequences} stop sequences", param)
+        for s in stops:
+            self.check_chars(s, param)
+        return stops
+
+    # -- the work -------------------------------------------------------------------------------------------
+    async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
+                       top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
+                       param_tokens: str = "num_tokens") -> list[Generation]:
+        """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
+        to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
+        engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status."""
+        if not prefix:
+            raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
+        self.check_chars(prefix, param_prefix)
+        self.check_tokens(num_tokens, param_tokens)
+        self.check_stops(stops)
+        generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
+        body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream)
+        request = await self._request(p.GENERATE, body, generations, stream)
+        await self._wait(request, request.first if stream else request.result)
+        return generations
+
+    async def perplexity(self, text: str, context: str | None, return_logprobs: bool,
+                         top_k: int = 0) -> p.ScoreResult:
+        """The score of ``text`` (after ``context``), with how many characters of both are outside the
+        vocabulary and how many context characters came from the prefix cache."""
+        self.check_chars(text, "text")
+        self.check_chars(context, "context")
+        if len(text) + (1 if context else 0) < 2:
+            raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
+                           "text")
+        request = await self._request(p.SCORE, p.ScoreRequest(text, context or None, return_logprobs, top_k))
+        return await self._wait(request, request.result)
+
+    async def stats(self) -> dict:
+        """The engine's figures now (batch, queue, prefix cache); empty while it is not ready."""
+        if not self.ready:
+            return {}
+        request = await self._request(p.STATS, None)
+        try:
+            return await asyncio.wait_for(self._wait(request, request.result), 5)
+        except (ApiError, asyncio.TimeoutError):
+            return {}
+
+    @property
+    def vocab(self) -> list[str]:
+        return self.engine.get("vocab", [])
+
+
+def _settle(future: asyncio.Future | None, outcome) -> None:
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+        future.exception()  # marked as retrieved: whoever awaits it still gets it; nobody else need
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,360 @@
+"""The engine process: the one place the model runs.
+
+It owns the model, the continuous batch (:class:`~app.scheduler.Scheduler`), the prefix cache, its OpenBLAS
+threads and its floating-point settings, and serves every HTTP process of the server over one ZeroMQ ROUTER
+socket (``ipc://``). Its loop reads all waiting requests, runs one scheduler turn, then sends each HTTP process
+one frame with everything that turn produced — finished results, and streamed text coalesced by time
+(``stream_flush_ms``; the first piece of every stream goes at once). A lone sequence generating with nothing
+else to do checks the socket every ``SERVICE_EVERY_S`` so new requests join the batch.
+
+Lifetime: started and watched by :class:`app.supervisor.EngineSupervisor` through a pipe, on which it reports
+``("ready", pid)`` or ``("error", message)`` once, and whose closing (the supervisor has gone) ends it at once.
+SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the HTTP side drains and then stops the
+engine); SIGTERM drains: running work finishes, new work gets 503, then it exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import zmq
+
+from app import protocol as p
+from app.cpus import engine_blas_threads, limit_blas_threads, usable_cpus
+from app.generation import Decoding
+from app.prefix_cache import PrefixCache
+from app.scheduler import GenerationJob, OneAtATime, QueueFull, Scheduler, TaskJob, prepare_model_thread
+from app.settings import Settings
+from model import Score, WeightsError, load_weights
+from model.inference import iter_score, iter_warm
+from model.sampling import Sampler
+
+__all__ = ["EngineCore", "StartupError", "main"]
+
+logger = logging.getLogger("rnnlm.engine")
+
+SERVICE_EVERY_S = 0.0005  # a lone generating sequence looks for new requests this often
+DRAIN_SECONDS = 10.0  # SIGTERM: running work gets this long to finish
+
+
+class StartupError(Exception):
+    """The engine cannot start (a bad weight file or device): one line for the operator."""
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One streamed decoding's released text not yet sent, and when it is due."""
+
+    index: int
+    text: list[str] = field(default_factory=list)
+    infos: list[p.TokenInfo] = field(default_factory=list)
+    due: float | None = None  # None: nothing waiting
+    sent: bool = False
+
+
+@dataclass(eq=False)
+class _Request:
+    client: bytes
+    rid: int
+    job: object
+    streams: list[_Stream] = field(default_factory=list)
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` names, if this torch can put a tensor there; else a :class:`StartupError`."""
+    try:
+        device = torch.device(name)
+        torch.zeros(1, device=device)
+    except Exception as e:  # a malformed name (RuntimeError), a build without CUDA (AssertionError), …
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StartupError(f"RNNLM_DEVICE={name!r} cannot be used by this torch build: {reason}") from None
+    return device
+
+
+class EngineCore:
+    def __init__(self, settings: Settings, address: str):
+        self.settings = settings
+        prepare_model_thread(settings.model_threads, settings.flush_denormal)
+        self.blas_threads = limit_blas_threads(engine_blas_threads(settings.blas_threads, usable_cpus()))
+        device = check_device(settings.device)
+        try:
+            self.loaded = load_weights(settings.weights, device=device)
+        except WeightsError as e:
+            raise StartupError(str(e)) from None
+        self.model = self.loaded.model
+        self.vocab = self.loaded.vocab
+        self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
+                      if settings.prefix_cache_entries > 0 else None)
+        if settings.batching:
+            self.scheduler = Scheduler(self.model, self.cache, settings.max_batch_size, settings.max_queue,
+                                       settings.prefill_chars, settings.chunk_chars, self._interrupt)
+        else:
+            self.scheduler = OneAtATime(self.model, self.cache, settings.max_queue, settings.chunk_chars,
+                                        self._interrupt)
+        self.flush_s = settings.stream_flush_ms / 1000
+        self._requests: dict[tuple[bytes, int], _Request] = {}
+        self._outbox: dict[bytes, list[tuple]] = {}
+        self._streaming: set[_Request] = set()  # requests with streamed text not yet sent
+        self._submitted = 0
+        self._next_service = 0.0
+        self._urgent = False  # streamed text that must go now: a stream's first piece, or every piece at 0 ms
+        self._draining_since: float | None = None
+        self.requests_served = 0
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.SNDHWM, 0)  # never drop a reply: the requests in flight bound the queue
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        path = address.removeprefix("ipc://")
+        if os.path.exists(path):  # a previous engine's socket file
+            os.unlink(path)
+        self.socket.bind(address)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def serve(self, lifeline) -> None:
+        """Run until the supervisor goes (``lifeline`` readable) or a SIGTERM drain ends."""
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(lifeline.fileno(), zmq.POLLIN)
+        while True:
+            busy = self.scheduler.busy
+            events = dict(poller.poll(0 if busy else 1000))
+            if lifeline.fileno() in events:
+                return
+            self._receive()
+            if self.scheduler.busy:
+                self.scheduler.run_once()
+            self._send(time.perf_counter())
+            if self._draining_since is not None and self._drained():
+                return
+
+    def drain(self, *_) -> None:
+        """SIGTERM: finish what runs, refuse what comes."""
+        if self._draining_since is None:
+            self._draining_since = time.monotonic()
+
+    def _drained(self) -> bool:
+        if not self.scheduler.busy:
+            return True
+        if time.monotonic() - self._draining_since > DRAIN_SECONDS:
+            self.scheduler.fail_all(_Refused(503, "the engine is shutting down"), pending=True)
+            self._send(time.perf_counter())
+            return True
+        return False
+
+    def _interrupt(self) -> bool:
+        """Between a lone sequence's tokens: every SERVICE_EVERY_S (or at once for per-token streaming), read
+        waiting messages and send due output. True when new work arrived."""
+        now = time.perf_counter()
+        if now < self._next_service and not self._urgent:
+            return False
+        self._next_service = now + SERVICE_EVERY_S
+        before = self._submitted
+        self._receive()
+        self._send(now)
+        return self._submitted != before
+
+    # -- incoming -------------------------------------------------------------------------------------------
+    def _receive(self) -> None:
+        while True:
+            try:
+                client, frame = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for kind, rid, payload in p.loads(frame):
+                try:
+                    self._handle(client, kind, rid, payload)
+                except Exception as error:  # a malformed message is that request's failure, never the engine's
+                    self._reply_error(client, rid, error)
+
+    def _handle(self, client: bytes, kind: str, rid: int, payload) -> None:
+        if kind == p.HELLO:
+            self._post(client, (p.READY, rid, self.describe()))
+        elif kind == p.STATS:
+            self._post(client, (p.STATS, rid, self.figures()))
+        elif kind == p.CANCEL:
+            request = self._requests.get((client, rid))
+            if request is not None:
+                request.job.cancelled = True
+        elif self._draining_since is not None:
+            raise _Refused(503, "the engine is shutting down")
+        elif kind == p.GENERATE:
+            self._submit(_Request(client, rid, None), self._generation_job, payload)
+        elif kind == p.SCORE:
+            self._submit(_Request(client, rid, None), self._score_job, payload)
+        else:
+            raise _Refused(400, f"unknown message {kind!r}")
+
+    def _submit(self, request: _Request, build: Callable, payload) -> None:
+        request.job = build(request, payload)
+        try:
+            self.scheduler.submit(request.job)
+        except QueueFull:
+            raise _Refused(429, f"the server is busy: {self.settings.max_queue} requests are already queued; "
+                                "retry shortly") from None
+        self._requests[request.client, request.rid] = request
+        self._submitted += 1
+
+    def _generation_job(self, request: _Request, r: p.GenerateRequest) -> GenerationJob:
+        ids = self.vocab.encode(r.prefix)
+        unknown = self.vocab.count_unknown(ids)
+        decodings = []
+        for i, fields in enumerate(r.samplers):
+            on_piece = None
+            if r.stream:
+                stream = _Stream(i)
+                request.streams.append(stream)
+                on_piece = self._piece_sink(request, stream)
+            decodings.append(Decoding(r.prefix, self.vocab, r.num_tokens, Sampler(**fields), r.stops,
+                                      r.top_logprobs, on_piece))
+        job = GenerationJob(on_done=lambda result, error: self._done(request, result, error), text=r.prefix,
+                            ids=ids, decodings=decodings)
+        hit = self.cache.lookup(r.prefix) if self.cache is not None else None
+        if hit is not None:  # else job.start stays None: zeros
+            job.start, job.start_at = hit.state, hit.length
+            if hit.length == len(r.prefix):
+                job.start_logits = hit.logits
+        job.unknown = unknown
+        return job
+
+    def _score_job(self, request: _Request, r: p.ScoreRequest) -> TaskJob:
+        ids = self.vocab.encode(r.text)
+        context_ids = self.vocab.encode(r.context) if r.context else None
+        unknown = self.vocab.count_unknown(ids) + (0 if context_ids is None else self.vocab.count_unknown(context_ids))
+        cached, state = 0, None
+        if context_ids is not None and self.cache is not None:
+            hit = self.cache.lookup(r.context, max_length=len(r.context) - 1)
+            if hit is not None:
+                cached, state = hit.length, hit.state
+        steps = self._score_steps(ids, r, context_ids, cached, state)
+        job = TaskJob(on_done=lambda result, error: self._done(request, result, error), steps=steps)
+        job.unknown, job.cached, job.top_k = unknown, cached, r.top_k
+        return job
+
+    def _score_steps(self, ids, r: p.ScoreRequest, context_ids, cached: int, state):
+        """Read the uncached part of the context (caching the state before its last character), then score."""
+        chunk = self.settings.chunk_chars
+        if context_ids is not None:
+            if len(context_ids) - 1 > cached:
+                state, logits = yield from iter_warm(self.model, context_ids[cached:-1], state, chunk)
+                if self.cache is not None:
+                    self.cache.put(r.context[:-1], state, logits)
+            elif state is None:
+                state = self.model.init_state(1)  # a one-character context: nothing to read before it
+        return (yield from iter_score(self.model, ids, context_ids, state=state, return_logprobs=r.return_logprobs,
+                                      top_k=r.top_k, chunk_size=chunk))
+
+    # -- outgoing -------------------------------------------------------------------------------------------
+    def _piece_sink(self, request: _Request, stream: _Stream) -> Callable[[str, list[p.TokenInfo]], None]:
+        def sink(text: str, infos: list[p.TokenInfo]) -> None:
+            if stream.due is None:  # a stream's first piece goes at once: the time to the first token counts
+                stream.due = time.perf_counter() + (self.flush_s if stream.sent else 0.0)
+                self._urgent = self._urgent or not stream.sent or self.flush_s == 0
+            stream.text.append(text)
+            stream.infos.extend(infos)
+            self._streaming.add(request)
+        return sink
+
+    def _done(self, request: _Request, result, error: BaseException | None) -> None:
+        self._flush_stream(request, None)  # streamed text before the result
+        self._requests.pop((request.client, request.rid), None)
+        self.requests_served += 1
+        if error is not None:
+            self._reply_error(request.client, request.rid, error)
+            return
+        job = request.job
+        if isinstance(job, GenerationJob):
+            payload = [d.result(job.start_at, job.unknown) for d in job.decodings]
+        else:
+            payload = self._score_result(result, job)
+        self._post(request.client, (p.DONE, request.rid, payload))
+
+    def _score_result(self, score: Score | None, job: TaskJob) -> p.ScoreResult | None:
+        if score is None:  # cancelled
+            return None
+        top = None
+        if job.top_k:
+            tokens = self.vocab.tokens
+            top = [{tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)]
+        return p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
+
+    def _reply_error(self, client: bytes, rid: int, error: BaseException) -> None:
+        if isinstance(error, _Refused):
+            status, message = error.status, str(error)
+        elif isinstance(error, ValueError):  # the model package's own checks, e.g. nothing to score
+            status, message = 422, str(error)
+        else:
+            logger.error("request failed in the engine: %r", error)
+            status, message = 500, "internal error in the engine"
+        self._post(client, (p.ERROR, rid, (status, message)))
+
+    def _post(self, client: bytes, message: tuple) -> None:
+        self._outbox.setdefault(client, []).append(message)
+
+    def _flush_stream(self, request: _Request, now: float | None) -> None:
+        """Queue the request's waiting streamed text (only what is due, unless ``now`` is None)."""
+        pieces = []
+        for s in request.streams:
+            if s.due is not None and (now is None or s.due <= now):
+                pieces.append((s.index, "".join(s.text), s.infos))
+                s.text, s.infos, s.due, s.sent = [], [], None, True
+        if pieces:
+            self._post(request.client, (p.PIECES, request.rid, pieces))
+        if all(s.due is None for s in request.streams):
+            self._streaming.discard(request)
+
+    def _send(self, now: float) -> None:
+        """One frame per HTTP process with everything due for it."""
+        self._urgent = False
+        for request in list(self._streaming):
+            self._flush_stream(request, now)
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        for client, messages in outbox.items():
+            self.socket.send_multipart([client, p.dumps(messages)], copy=False)
+
+    # -- description ----------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {"config": cfg.to_dict(), "parameters": self.model.num_parameters(), "vocab": self.vocab.tokens,
+                "training": self.loaded.training, "device": str(self.model.device), "pid": os.getpid(),
+                "blas_threads": self.blas_threads}
+
+    def figures(self) -> dict:
+        s, cache = self.scheduler, self.cache
+        out = {"batch_rows": s.batch_rows, "queued": s.queued, "batch_steps": s.steps,
+               "batch_rows_stepped": s.rows_stepped, "requests_in_engine": len(self._requests),
+               "requests_served": self.requests_served}
+        if cache is not None:
+            out.update(cache_entries=len(cache), cache_bytes=cache.bytes, cache_hits=cache.hits,
+                       cache_misses=cache.misses, cache_hit_chars=cache.hit_chars)
+        return out
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def main(settings: Settings, address: str, lifeline) -> None:
+    """The engine process's entry point (see the module's docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     rnnlm engine: %(message)s", stream=sys.stderr)
+    try:
+        core = EngineCore(settings, address)
+    except StartupError as e:
+        lifeline.send(("error", str(e)))
+        sys.exit(2)
+    signal.signal(signal.SIGTERM, core.drain)
+    lifeline.send(("ready", os.getpid()))
+    core.serve(lifeline)
+    core.socket.close(linger=0)

@@ -1,0 +1,83 @@
+"""What the HTTP processes and the engine process say to each other: the messages, and their wire format.
+
+Every frame is a pickled list of messages, each a tuple ``(kind, request_id, payload)``, so the engine sends
+each HTTP process one frame per step however many requests it advanced. Only plain Python values travel
+(strings, numbers, lists, these dataclasses): no tensors, and nothing here imports torch.
+
+Requests (HTTP → engine): ``HELLO`` (answered by ``READY`` with the model's description), ``GENERATE``,
+``SCORE``, ``CANCEL`` (the client has gone) and ``STATS`` (the engine's figures, for /metrics).
+Replies (engine → HTTP): ``PIECES`` (released text of streaming requests, coalesced by time), ``DONE`` (the
+result), ``ERROR`` (status, message, param) and ``READY``/``STATS``.
+
+Pickle is safe here: the socket is a Unix-domain socket in a directory only this user can enter, and both
+ends are processes of this one server.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CANCEL", "DONE", "ERROR", "GENERATE", "HELLO", "PIECES", "READY", "SCORE", "STATS", "GenerateRequest",
+    "GenerationResult", "ScoreRequest", "ScoreResult", "TokenInfo", "dumps", "loads",
+]
+
+HELLO, GENERATE, SCORE, CANCEL, STATS = "hello", "generate", "score", "cancel", "stats"
+READY, PIECES, DONE, ERROR = "ready", "pieces", "done", "error"
+
+
+@dataclass
+class TokenInfo:
+    """One generated or scored character with its log-probability and, on request, the likeliest others."""
+
+    text: str
+    logprob: float | None  # None where nothing predicts the token (a prompt's first character)
+    top: dict[str, float] | None = None
+
+
+@dataclass
+class GenerateRequest:
+    """Warm the state on ``prefix`` once and continue it once per sampler (OpenAI's ``n``)."""
+
+    prefix: str
+    num_tokens: int
+    samplers: list[dict]  # model.sampling.Sampler's fields: temperature, top_k, top_p, seed
+    stops: list[str] = field(default_factory=list)
+    top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's and the k likeliest
+    stream: bool = False
+
+
+@dataclass
+class GenerationResult:
+    completion: str
+    finish_reason: str  # "length" or "stop"
+    tokens: list[TokenInfo]  # with top_logprobs only
+    cached_chars: int  # prefix characters whose state came from the prefix cache
+    unknown_chars: int  # prefix characters outside the vocabulary
+
+
+@dataclass
+class ScoreRequest:
+    text: str
+    context: str | None = None
+    return_logprobs: bool = False
+    top_k: int = 0
+
+
+@dataclass
+class ScoreResult:
+    nll: float
+    num_scored: int
+    token_logprobs: list[float] | None
+    top: list[dict[str, float]] | None  # with top_k: per scored character, the k likeliest and their logprobs
+    unknown_chars: int
+    cached_chars: int
+
+
+def dumps(messages: list[tuple]) -> bytes:
+    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(frame: bytes) -> list[tuple]:
+    return pickle.loads(frame)
