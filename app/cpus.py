@@ -11,9 +11,11 @@ import math
 import os
 from pathlib import Path
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
 
-__all__ = ["engine_blas_threads", "limit_blas_threads", "usable_cpus"]
+__all__ = ["BlasThreads", "engine_blas_threads", "limit_blas_threads", "usable_cpus"]
+
+FEW_ROWS = 4  # batches this small (one stream, a prompt read alone) get every BLAS thread; larger ones one
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -50,3 +52,21 @@ def limit_blas_threads(threads: int) -> int:
     threadpool_limits(limits=threads, user_api="blas")
     counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     return min(counts) if counts else 0
+
+
+class BlasThreads:
+    """The engine's OpenBLAS pool, sized for each step: a few rows are one matrix-vector product per layer,
+    which a second thread speeds up; a large batch is a matrix product that one thread runs nearly as fast,
+    while a second one would take the core the HTTP processes need."""
+
+    def __init__(self, most: int):
+        self.most = most
+        self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.now: int | None = None
+
+    def fit(self, rows: int) -> None:
+        want = self.most if rows <= FEW_ROWS else 1
+        if want != self.now:
+            for lib in self._libs:
+                lib.set_num_threads(want)
+            self.now = want

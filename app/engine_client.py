@@ -1,9 +1,9 @@
 """The HTTP process's side of the engine: checks a request against the server's limits, sends it to the
 engine process, and hands the routes what comes back. Nothing here touches a tensor (nor imports torch).
 
-One ZeroMQ DEALER socket per HTTP process, read by one task that routes every reply to its request by id.
-The socket's monitor reports the engine's connection coming and going: when the engine dies every request in
-flight ends at once with a 503 and :attr:`EngineClient.ready` is False until a restarted engine has answered
+One Unix-domain socket connection per HTTP process, read by an asyncio protocol that routes every reply to
+its request by id. When the engine dies the connection closes: every request in flight ends at once with a
+503, :attr:`EngineClient.ready` is False, and the client reconnects until a restarted engine has answered
 ``hello`` again.
 """
 
@@ -12,13 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from app import protocol as p
 from app.errors import ApiError
@@ -77,32 +72,46 @@ class _Pending:
     first: asyncio.Future | None = None  # streaming: set at the first piece, result or error
 
 
+class _EngineProtocol(asyncio.Protocol):
+    def __init__(self, client: EngineClient):
+        self.client = client
+        self.reader = p.FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.reader.feed(data):
+            try:
+                self.client._dispatch(*message)
+            except Exception:  # a bug here must not stop every later reply from arriving
+                logger.exception("could not handle the engine's %r", message[0])
+
+    def connection_lost(self, exc) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
 class EngineClient:
+    RECONNECT_EVERY_S = 0.05
+
     def __init__(self, address: str, settings: Settings):
-        self.address = address
+        self.address = address  # the engine's Unix-domain socket
         self.settings = settings
-        self.context = zmq.asyncio.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, f"http-{os.getpid()}-{id(self):x}".encode())
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an engine that is not there
-        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        self.socket.connect(address)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._ready = asyncio.Event()
+        self._transport: asyncio.Transport | None = None
         self.engine: dict = {}  # the engine's description (READY): config, vocab, pid, …
-        self._tasks: list[asyncio.Task] = []
+        self._task: asyncio.Task | None = None
         self.disconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, timeout: float = 120.0) -> None:
-        """Start reading, and wait until the engine has answered (raises TimeoutError)."""
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+        """Connect (and keep reconnecting), and wait until the engine has answered (raises TimeoutError)."""
+        self._task = asyncio.create_task(self._connect())
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     @property
@@ -110,40 +119,36 @@ class EngineClient:
         return self._ready.is_set()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
         self._lose_engine("the server is shutting down")
-        self._monitor.close(linger=0)
-        self.socket.close(linger=0)
-        self.context.term()
 
-    async def _watch(self) -> None:
-        """Connection events: say hello on (re)connect; on a disconnect fail everything in flight."""
+    async def _connect(self) -> None:
+        """Connect, say hello, and on a lost connection fail everything in flight and connect again."""
+        loop = asyncio.get_running_loop()
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_CONNECTED:
-                await self._send(p.HELLO, 0, None)
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.disconnects += 1
-                if self.ready:
-                    logger.warning("lost the engine; %d requests in flight end with 503", len(self._pending))
-                self._ready.clear()
-                self._lose_engine(ENGINE_LOST)
+            try:
+                transport, protocol = await loop.create_unix_connection(lambda: _EngineProtocol(self), self.address)
+            except OSError:  # not there yet, or restarting
+                await asyncio.sleep(self.RECONNECT_EVERY_S)
+                continue
+            self._transport = transport
+            self._send(p.HELLO, 0, None)
+            await protocol.lost
+            self._transport = None
+            self.disconnects += 1
+            if self.ready:
+                logger.warning("lost the engine; %d requests in flight end with 503", len(self._pending))
+            self._ready.clear()
+            self._lose_engine(ENGINE_LOST)
 
     def _lose_engine(self, message: str) -> None:
         pending, self._pending = self._pending, {}
         for request in pending.values():
             self._fail(request, ApiError(503, message, headers={"Retry-After": "1"}))
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self.socket.recv()
-            for message in p.loads(frame):
-                try:
-                    self._dispatch(*message)
-                except Exception:  # a bug here must not stop every later reply from arriving
-                    logger.exception("could not handle the engine's %r", message[0])
 
     def _dispatch(self, kind: str, rid: int, payload) -> None:
         if kind == p.READY:
@@ -185,10 +190,12 @@ class EngineClient:
         _settle(request.first, error)
         _settle(request.result, error)
 
-    async def _send(self, kind: str, rid: int, payload) -> None:
-        await self.socket.send(p.dumps([(kind, rid, payload)]))
+    def _send(self, kind: str, rid: int, payload) -> None:
+        if self._transport is None:
+            raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
+        self._transport.write(p.frame([(kind, rid, payload)]))
 
-    async def _request(self, kind: str, payload, generations: list[Generation] = (),
+    def _request(self, kind: str, payload, generations: list[Generation] = (),
                        stream: bool = False) -> _Pending:
         if not self.ready:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
@@ -198,12 +205,16 @@ class EngineClient:
         self._pending[rid] = request
         for g in generations:
             g.cancel = lambda: self._cancel(rid)
-        await self._send(kind, rid, payload)
+        try:
+            self._send(kind, rid, payload)
+        except ApiError:
+            del self._pending[rid]
+            raise
         return request
 
     def _cancel(self, rid: int) -> None:
-        if self._pending.pop(rid, None) is not None:
-            asyncio.ensure_future(self._send(p.CANCEL, rid, None))
+        if self._pending.pop(rid, None) is not None and self._transport is not None:
+            self._send(p.CANCEL, rid, None)
 
     async def _wait(self, request: _Pending, future: asyncio.Future):
         """Await ``future``; if the client goes away first (the handler is cancelled), cancel the request."""
@@ -244,7 +255,7 @@ class EngineClient:
         self.check_stops(stops)
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
         body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream)
-        request = await self._request(p.GENERATE, body, generations, stream)
+        request = self._request(p.GENERATE, body, generations, stream)
         await self._wait(request, request.first if stream else request.result)
         return generations
 
@@ -257,14 +268,14 @@ class EngineClient:
         if len(text) + (1 if context else 0) < 2:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
-        request = await self._request(p.SCORE, p.ScoreRequest(text, context or None, return_logprobs, top_k))
+        request = self._request(p.SCORE, p.ScoreRequest(text, context or None, return_logprobs, top_k))
         return await self._wait(request, request.result)
 
     async def stats(self) -> dict:
         """The engine's figures now (batch, queue, prefix cache); empty while it is not ready."""
         if not self.ready:
             return {}
-        request = await self._request(p.STATS, None)
+        request = self._request(p.STATS, None)
         try:
             return await asyncio.wait_for(self._wait(request, request.result), 5)
         except (ApiError, asyncio.TimeoutError):

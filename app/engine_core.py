@@ -1,11 +1,12 @@
 """The engine process: the one place the model runs.
 
 It owns the model, the continuous batch (:class:`~app.scheduler.Scheduler`), the prefix cache, its OpenBLAS
-threads and its floating-point settings, and serves every HTTP process of the server over one ZeroMQ ROUTER
-socket (``ipc://``). Its loop reads all waiting requests, runs one scheduler turn, then sends each HTTP process
-one frame with everything that turn produced — finished results, and streamed text coalesced by time
-(``stream_flush_ms``; the first piece of every stream goes at once). A lone sequence generating with nothing
-else to do checks the socket every ``SERVICE_EVERY_S`` so new requests join the batch.
+threads and its floating-point settings, and serves every HTTP process of the server on one Unix-domain
+socket (one connection per HTTP process; frames as :mod:`app.protocol` writes them). Its loop reads all
+waiting requests, runs one scheduler turn, then sends each HTTP process one frame with everything that turn
+produced — finished results, and streamed text coalesced by time (``stream_flush_ms``; the first piece of
+every stream goes at once). A lone sequence generating with nothing else to do looks at the sockets every
+``SERVICE_EVERY_S`` so new requests join the batch. An HTTP process that goes away has its requests cancelled.
 
 Lifetime: started and watched by :class:`app.supervisor.EngineSupervisor` through a pipe, on which it reports
 ``("ready", pid)`` or ``("error", message)`` once, and whose closing (the supervisor has gone) ends it at once.
@@ -17,17 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import zmq
 
 from app import protocol as p
-from app.cpus import engine_blas_threads, limit_blas_threads, usable_cpus
+from app.cpus import BlasThreads, engine_blas_threads, limit_blas_threads, usable_cpus
 from app.generation import Decoding
 from app.prefix_cache import PrefixCache
 from app.scheduler import GenerationJob, OneAtATime, QueueFull, Scheduler, TaskJob, prepare_model_thread
@@ -59,9 +61,20 @@ class _Stream:
     sent: bool = False
 
 
+class _Connection:
+    """One HTTP process: its socket, the bytes read but not yet parsed, the bytes not yet written."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = p.FrameReader()
+        self.unsent = bytearray()
+        self.closed = False
+        self.waiting_to_write = False  # registered for EVENT_WRITE: the socket's buffer was full
+
+
 @dataclass(eq=False)
 class _Request:
-    client: bytes
+    client: _Connection
     rid: int
     job: object
     streams: list[_Stream] = field(default_factory=list)
@@ -83,6 +96,7 @@ class EngineCore:
         self.settings = settings
         prepare_model_thread(settings.model_threads, settings.flush_denormal)
         self.blas_threads = limit_blas_threads(engine_blas_threads(settings.blas_threads, usable_cpus()))
+        self.blas = BlasThreads(self.blas_threads)
         device = check_device(settings.device)
         try:
             self.loaded = load_weights(settings.weights, device=device)
@@ -99,41 +113,109 @@ class EngineCore:
             self.scheduler = OneAtATime(self.model, self.cache, settings.max_queue, settings.chunk_chars,
                                         self._interrupt)
         self.flush_s = settings.stream_flush_ms / 1000
-        self._requests: dict[tuple[bytes, int], _Request] = {}
-        self._outbox: dict[bytes, list[tuple]] = {}
+        self._requests: dict[tuple[_Connection, int], _Request] = {}
+        self._outbox: dict[_Connection, list[tuple]] = {}
         self._streaming: set[_Request] = set()  # requests with streamed text not yet sent
         self._submitted = 0
         self._next_service = 0.0
         self._urgent = False  # streamed text that must go now: a stream's first piece, or every piece at 0 ms
         self._draining_since: float | None = None
         self.requests_served = 0
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.SNDHWM, 0)  # never drop a reply: the requests in flight bound the queue
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        path = address.removeprefix("ipc://")
-        if os.path.exists(path):  # a previous engine's socket file
-            os.unlink(path)
-        self.socket.bind(address)
+        if os.path.exists(address):  # a previous engine's socket file
+            os.unlink(address)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(address)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self._lifeline = None
 
     # -- the loop -------------------------------------------------------------------------------------------
     def serve(self, lifeline) -> None:
         """Run until the supervisor goes (``lifeline`` readable) or a SIGTERM drain ends."""
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(lifeline.fileno(), zmq.POLLIN)
+        self._lifeline = lifeline
+        self.selector.register(lifeline.fileno(), selectors.EVENT_READ, "lifeline")
         while True:
-            busy = self.scheduler.busy
-            events = dict(poller.poll(0 if busy else 1000))
-            if lifeline.fileno() in events:
+            if not self._poll(0 if self.scheduler.busy else 1.0):
                 return
-            self._receive()
             if self.scheduler.busy:
+                self.blas.fit(self.scheduler.batch_rows + self.scheduler.queued)
                 self.scheduler.run_once()
             self._send(time.perf_counter())
             if self._draining_since is not None and self._drained():
                 return
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            if isinstance(key.data, _Connection):
+                key.data.sock.close()
+        self.selector.close()
+        self.listener.close()
+
+    def _poll(self, timeout: float) -> bool:
+        """Accept connections, read what has arrived and write what is waiting; False once the supervisor
+        has gone."""
+        for key, mask in self.selector.select(timeout):
+            if key.data == "lifeline":
+                return False
+            if key.data is None:
+                self._accept()
+                continue
+            if mask & selectors.EVENT_READ:
+                self._read(key.data)
+            if mask & selectors.EVENT_WRITE:
+                self._write(key.data)
+        return True
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, _Connection(sock))
+
+    def _read(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._hang_up(conn)
+            return
+        for rid_message in conn.reader.feed(data):
+            kind, rid, payload = rid_message
+            try:
+                self._handle(conn, kind, rid, payload)
+            except Exception as error:  # a malformed message is that request's failure, never the engine's
+                self._reply_error(conn, rid, error)
+
+    def _hang_up(self, conn: _Connection) -> None:
+        """The HTTP process has gone: cancel its requests."""
+        conn.closed = True
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+        self._outbox.pop(conn, None)
+        for (client, _), request in list(self._requests.items()):
+            if client is conn:
+                request.job.cancelled = True
+
+    def _write(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._hang_up(conn)
+            return
+        del conn.unsent[:sent]
+        if bool(conn.unsent) != conn.waiting_to_write:
+            conn.waiting_to_write = bool(conn.unsent)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.unsent else 0)
+            self.selector.modify(conn.sock, events, conn)
 
     def drain(self, *_) -> None:
         """SIGTERM: finish what runs, refuse what comes."""
@@ -163,18 +245,9 @@ class EngineCore:
 
     # -- incoming -------------------------------------------------------------------------------------------
     def _receive(self) -> None:
-        while True:
-            try:
-                client, frame = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            for kind, rid, payload in p.loads(frame):
-                try:
-                    self._handle(client, kind, rid, payload)
-                except Exception as error:  # a malformed message is that request's failure, never the engine's
-                    self._reply_error(client, rid, error)
+        self._poll(0)
 
-    def _handle(self, client: bytes, kind: str, rid: int, payload) -> None:
+    def _handle(self, client: _Connection, kind: str, rid: int, payload) -> None:
         if kind == p.HELLO:
             self._post(client, (p.READY, rid, self.describe()))
         elif kind == p.STATS:
@@ -285,7 +358,7 @@ class EngineCore:
             top = [{tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)]
         return p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
 
-    def _reply_error(self, client: bytes, rid: int, error: BaseException) -> None:
+    def _reply_error(self, client: _Connection, rid: int, error: BaseException) -> None:
         if isinstance(error, _Refused):
             status, message = error.status, str(error)
         elif isinstance(error, ValueError):  # the model package's own checks, e.g. nothing to score
@@ -295,8 +368,9 @@ class EngineCore:
             status, message = 500, "internal error in the engine"
         self._post(client, (p.ERROR, rid, (status, message)))
 
-    def _post(self, client: bytes, message: tuple) -> None:
-        self._outbox.setdefault(client, []).append(message)
+    def _post(self, client: _Connection, message: tuple) -> None:
+        if not client.closed:
+            self._outbox.setdefault(client, []).append(message)
 
     def _flush_stream(self, request: _Request, now: float | None) -> None:
         """Queue the request's waiting streamed text (only what is due, unless ``now`` is None)."""
@@ -318,8 +392,9 @@ class EngineCore:
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, {}
-        for client, messages in outbox.items():
-            self.socket.send_multipart([client, p.dumps(messages)], copy=False)
+        for conn, messages in outbox.items():
+            conn.unsent += p.frame(messages)
+            self._write(conn)
 
     # -- description ----------------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -357,4 +432,4 @@ def main(settings: Settings, address: str, lifeline) -> None:
     signal.signal(signal.SIGTERM, core.drain)
     lifeline.send(("ready", os.getpid()))
     core.serve(lifeline)
-    core.socket.close(linger=0)
+    core.close()

@@ -1,26 +1,28 @@
 """What the HTTP processes and the engine process say to each other: the messages, and their wire format.
 
-Every frame is a pickled list of messages, each a tuple ``(kind, request_id, payload)``, so the engine sends
-each HTTP process one frame per step however many requests it advanced. Only plain Python values travel
-(strings, numbers, lists, these dataclasses): no tensors, and nothing here imports torch.
+They talk over one Unix-domain stream socket per HTTP process. Every frame is a 4-byte length and a pickled
+list of messages, each a tuple ``(kind, request_id, payload)``, so the engine sends each HTTP process one frame
+per step however many requests it advanced. Only plain Python values travel (strings, numbers, lists, these
+dataclasses): no tensors, and nothing here imports torch.
 
 Requests (HTTP → engine): ``HELLO`` (answered by ``READY`` with the model's description), ``GENERATE``,
 ``SCORE``, ``CANCEL`` (the client has gone) and ``STATS`` (the engine's figures, for /metrics).
 Replies (engine → HTTP): ``PIECES`` (released text of streaming requests, coalesced by time), ``DONE`` (the
 result), ``ERROR`` (status, message, param) and ``READY``/``STATS``.
 
-Pickle is safe here: the socket is a Unix-domain socket in a directory only this user can enter, and both
-ends are processes of this one server.
+Pickle is safe here: the socket lives in a directory only this user can enter, and both ends are processes
+of this one server.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from dataclasses import dataclass, field
 
 __all__ = [
     "CANCEL", "DONE", "ERROR", "GENERATE", "HELLO", "PIECES", "READY", "SCORE", "STATS", "GenerateRequest",
-    "GenerationResult", "ScoreRequest", "ScoreResult", "TokenInfo", "dumps", "loads",
+    "FrameReader", "GenerationResult", "ScoreRequest", "ScoreResult", "TokenInfo", "frame",
 ]
 
 HELLO, GENERATE, SCORE, CANCEL, STATS = "hello", "generate", "score", "cancel", "stats"
@@ -75,9 +77,32 @@ class ScoreResult:
     cached_chars: int
 
 
-def dumps(messages: list[tuple]) -> bytes:
-    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+_LENGTH = struct.Struct("<I")
 
 
-def loads(frame: bytes) -> list[tuple]:
-    return pickle.loads(frame)
+def frame(messages: list[tuple]) -> bytes:
+    """One frame: the pickled messages behind their length."""
+    body = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameReader:
+    """Collects bytes as they arrive and hands back the messages of every complete frame."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple]:
+        buffer = self._buffer
+        buffer += data
+        messages: list[tuple] = []
+        start = 0
+        while len(buffer) - start >= 4:
+            (n,) = _LENGTH.unpack_from(buffer, start)
+            if len(buffer) - start - 4 < n:
+                break
+            messages += pickle.loads(buffer[start + 4 : start + 4 + n])
+            start += 4 + n
+        if start:
+            del buffer[:start]
+        return messages

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="HTTP worker processes; all of them share one engine process")
-    engine_address: str | None = Field(None, description="the engine's socket (ipc://…), set by rnnlm-serve for its "
+    engine_address: str | None = Field(None, description="the engine's Unix-domain socket, set by rnnlm-serve for its "
                                        "workers; unset: the app starts an engine process of its own")
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")

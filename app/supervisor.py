@@ -43,7 +43,7 @@ class EngineSupervisor:
     def __init__(self, settings: Settings):
         self.settings = settings.model_copy(update={"api_key": None})  # the engine never needs the key
         self._dir = tempfile.mkdtemp(prefix="rnnlm-engine-")  # mode 0700
-        self.address = f"ipc://{self._dir}/engine.sock"
+        self.address = f"{self._dir}/engine.sock"
         self._ctx = _context()
         self.process = None
         self._conn = None

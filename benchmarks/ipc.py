@@ -6,7 +6,7 @@ the choices that fit an asyncio server on one side and a polling engine loop on 
 - a multiprocessing ``Pipe`` (the HTTP side reads it in the event loop with ``loop.add_reader``);
 - a plain Unix-domain socket with asyncio streams on one side and ``selectors`` on the other.
 
-    python benchmarks/ipc.py [--rounds 5000] [--inflight 64]
+    pip install pyzmq; python benchmarks/ipc.py [--rounds 5000] [--inflight 64]
 
 Each figure is the median of 5 runs of its block, all run in this one process pair, in turn.
 """

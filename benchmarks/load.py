@@ -84,27 +84,30 @@ def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
-    return {"req/s": requests_s, "p50": _ms(latency["50"]), "p99": _ms(latency["99"]), "errors": errors, "raw": out}
+    nan = float("nan")
+    return {"req/s": requests_s, "p50": _ms(latency["50"]) if "50" in latency else nan,
+            "p99": _ms(latency["99"]) if "99" in latency else nan, "errors": errors, "raw": out}
 
 
 def engine_in_process(weights: str, prefixes: list[str], tokens: int, repeats: int) -> float:
     """Median ms for one request (uncached prefix, ``tokens`` greedy) through the engine alone."""
     from app import protocol as p
-    from app.engine_core import EngineCore, _Request
+    from app.engine_core import EngineCore, _Connection, _Request
     from app.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        core = EngineCore(Settings(weights=weights, prefix_cache_entries=0), f"ipc://{tmp}/engine.sock")
+        core = EngineCore(Settings(weights=weights, prefix_cache_entries=0), f"{tmp}/engine.sock")
         times = []
+        bench = _Connection(None)
         for i in range(repeats):
             body = p.GenerateRequest(prefixes[i % len(prefixes)], tokens, [{"temperature": 0.0}])
             start = time.perf_counter()
-            core._submit(_Request(b"bench", i, None), core._generation_job, body)
+            core._submit(_Request(bench, i, None), core._generation_job, body)
             while core.scheduler.busy:
                 core.scheduler.run_once()
             times.append(time.perf_counter() - start)
             core._outbox.clear()
-        core.socket.close(linger=0)
+        core.close()
     return statistics.median(times[repeats // 10 :]) * 1000
 
 

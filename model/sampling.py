@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ class Sampler:
             raise ValueError("temperature must be a finite number ≥ 0")
         if self.top_k < 0:
             raise ValueError("top_k must be ≥ 0")
-        if not 0 < self.top_p <= 1:
+        if not (_positive(self.top_p) and self.top_p <= 1):
             raise ValueError("top_p must be in (0, 1]")
 
     @property
@@ -67,3 +68,8 @@ class Sampler:
             scores[order[drop]] = -math.inf
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _positive(x: float) -> bool:
+    """x > 0, read from its bits: with denormals flushed (the engine's threads), ``5e-324 > 0`` is False."""
+    return not math.isnan(x) and struct.unpack("<q", struct.pack("<d", x))[0] > 0
