@@ -19,6 +19,7 @@ from app import protocol as p
 from app.errors import ApiError
 from app.protocol import TokenInfo
 from app.settings import Settings
+from starlette.types import Receive
 
 __all__ = ["EngineClient", "Generation", "TokenInfo"]
 
@@ -216,13 +217,24 @@ class EngineClient:
         if self._pending.pop(rid, None) is not None and self._transport is not None:
             self._send(p.CANCEL, rid, None)
 
-    async def _wait(self, request: _Pending, future: asyncio.Future):
-        """Await ``future``; if the client goes away first (the handler is cancelled), cancel the request."""
+    async def _wait(self, request: _Pending, future: asyncio.Future, receive: Receive | None = None):
+        """Await ``future``. If the client goes away first — the handler is cancelled, or ``receive`` (the
+        request's ASGI channel, whose body has been read) reports the disconnect — cancel the request in the
+        engine."""
+        watcher = asyncio.ensure_future(_disconnect(receive)) if receive is not None else None
         try:
+            if watcher is not None:
+                await asyncio.wait({future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not future.done():
+                    raise ApiError(499, "the client closed the connection")
             return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self._cancel(request.rid)
+        except (asyncio.CancelledError, ApiError) as e:
+            if not future.done() or isinstance(e, asyncio.CancelledError):
+                self._cancel(request.rid)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     # -- limits ---------------------------------------------------------------------------------------------
     def check_chars(self, value: str | None, param: str) -> None:
@@ -244,7 +256,7 @@ class EngineClient:
     # -- the work -------------------------------------------------------------------------------------------
     async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
                        top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
-                       param_tokens: str = "num_tokens") -> list[Generation]:
+                       param_tokens: str = "num_tokens", receive: Receive | None = None) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
         engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status."""
@@ -256,11 +268,11 @@ class EngineClient:
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
         body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream)
         request = self._request(p.GENERATE, body, generations, stream)
-        await self._wait(request, request.first if stream else request.result)
+        await self._wait(request, request.first if stream else request.result, receive)
         return generations
 
-    async def perplexity(self, text: str, context: str | None, return_logprobs: bool,
-                         top_k: int = 0) -> p.ScoreResult:
+    async def perplexity(self, text: str, context: str | None, return_logprobs: bool, top_k: int = 0,
+                         receive: Receive | None = None) -> p.ScoreResult:
         """The score of ``text`` (after ``context``), with how many characters of both are outside the
         vocabulary and how many context characters came from the prefix cache."""
         self.check_chars(text, "text")
@@ -269,7 +281,7 @@ class EngineClient:
             raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
                            "text")
         request = self._request(p.SCORE, p.ScoreRequest(text, context or None, return_logprobs, top_k))
-        return await self._wait(request, request.result)
+        return await self._wait(request, request.result, receive)
 
     async def stats(self) -> dict:
         """The engine's figures now (batch, queue, prefix cache); empty while it is not ready."""
@@ -284,6 +296,11 @@ class EngineClient:
     @property
     def vocab(self) -> list[str]:
         return self.engine.get("vocab", [])
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _settle(future: asyncio.Future | None, outcome) -> None:

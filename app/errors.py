@@ -22,6 +22,7 @@ ERROR_TYPES = {
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    499: "client_closed_request",
     503: "service_unavailable",
     500: "server_error",
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation, TokenInfo
@@ -53,7 +53,7 @@ def _choice(engine: EngineClient, body: CompletionRequest, g: Generation, index:
 
 @router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False, responses={
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
-async def completions(body: CompletionRequest, engine: EngineClient = Depends(get_engine),
+async def completions(body: CompletionRequest, request: Request, engine: EngineClient = Depends(get_engine),
                       metrics: Metrics = Depends(get_metrics)):
     """OpenAI's legacy completions API over this character model (one token = one character)."""
     model_id = engine.settings.model_id
@@ -75,7 +75,7 @@ async def completions(body: CompletionRequest, engine: EngineClient = Depends(ge
         engine.check_chars(body.prompt, "prompt")
         prompt_infos = await _prompt_infos(engine, body.prompt, k)
     generations = await engine.generate(body.prompt, body.max_tokens, samplers, stops, k, stream=body.stream,
-                                        param_prefix="prompt", param_tokens="max_tokens")
+                                        param_prefix="prompt", param_tokens="max_tokens", receive=request.receive)
 
     if body.stream:
         (generation,) = generations

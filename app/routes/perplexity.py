@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient
@@ -15,11 +15,11 @@ router = APIRouter(tags=["scoring"])
 
 
 @router.post("/perplexity", response_model=PerplexityResponse, response_model_exclude_none=True)
-async def perplexity(body: PerplexityRequest, engine: EngineClient = Depends(get_engine),
+async def perplexity(body: PerplexityRequest, request: Request, engine: EngineClient = Depends(get_engine),
                      metrics: Metrics = Depends(get_metrics)) -> PerplexityResponse:
     """Perplexity = exp(mean negative log-likelihood) of `text`, optionally after a `context` that only warms
     the state. Without a context the first character is not scored (nothing predicts it)."""
-    result = await engine.perplexity(body.text, body.context, body.token_logprobs)
+    result = await engine.perplexity(body.text, body.context, body.token_logprobs, receive=request.receive)
     metrics.chars_scored.inc(result.num_scored)
     scored = body.text if body.context else body.text[1:]
     return PerplexityResponse(

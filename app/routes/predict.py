@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation
@@ -22,11 +22,13 @@ def _response(g: Generation) -> PredictResponse:
 @router.post("/predict", response_model=PredictResponse, responses={
     200: {"content": {"text/event-stream": {}},
                     "description": "JSON, or with stream: true events `token` ({text}) and a final `result`"}})
-async def predict(body: PredictRequest, engine: EngineClient = Depends(get_engine), metrics: Metrics = Depends(get_metrics)):
+async def predict(body: PredictRequest, request: Request, engine: EngineClient = Depends(get_engine),
+                  metrics: Metrics = Depends(get_metrics)):
     """Warm the latent state on `prefix`, then generate `num_tokens` characters (greedy when temperature is 0)."""
     sampler = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed}
     num_tokens = body.num_tokens if body.num_tokens is not None else min(DEFAULT_NUM_TOKENS, engine.settings.max_num_tokens)
-    (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream)
+    (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream,
+                                         receive=request.receive)
     if body.stream:
         def on_end(g: Generation) -> list[str]:
             metrics.tokens_generated.inc(g.num_tokens)

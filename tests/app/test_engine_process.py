@@ -1,0 +1,202 @@
+"""The engine in a process of its own, seen from outside: real servers (``python -m app``) on 127.0.0.1.
+
+The HTTP side never imports torch; the engine dying ends every request in flight at once and comes back by
+itself; SIGTERM drains; a client that goes away is cancelled in the engine; floating-point flags stay in the
+engine; an unusable device is one line and exit 2; no process outlives the server."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model import load_weights
+from tests.app.test_batching import metric, post_all, prefixes
+from tests.app.test_predict import library_greedy, parse_events
+from tests.conftest import assert_error, start_server, stop_server
+
+
+def engine_pid(base: str) -> int:
+    return httpx.get(f"{base}/info").json()["serving"]["engine_pid"]
+
+
+def gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie that nobody has reaped yet (this container has no init)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def wait_for(condition, seconds: float, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, f"{what} within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def status_of(base: str, path: str) -> int:
+    try:
+        return httpx.get(f"{base}{path}", timeout=2).status_code
+    except httpx.TransportError:
+        return -1
+
+
+def test_the_http_side_never_imports_torch():
+    code = "import sys, app.main, app.asgi, app.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RNNLM_ENGINE_ADDRESS": "/nonexistent"}).stdout
+    assert out.strip() == "[]"
+
+
+def test_killing_the_engine_ends_every_request_at_once_and_it_comes_back(weights_file, tmp_path):
+    loaded = load_weights(weights_file)
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000")
+    try:
+        first = engine_pid(base)
+
+        async def load():
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                async def plain(i):
+                    return await http.post("/predict", json={"prefix": f"All{i}:", "num_tokens": 1_000_000})
+
+                async def streamed(i):
+                    body = {"prefix": f"First{i}", "num_tokens": 1_000_000, "stream": True}
+                    async with http.stream("POST", "/predict", json=body) as r:
+                        return r.status_code, (await r.aread()).decode()
+
+                async def kill():
+                    await asyncio.sleep(0.5)  # all of them are running by now
+                    rows = metric((await http.get("/metrics")).text, "rnnlm_batch_rows")
+                    os.kill(first, signal.SIGKILL)
+                    return rows, time.monotonic()
+
+                tasks = [plain(i) for i in range(8)] + [streamed(i) for i in range(4)]
+                start = time.monotonic()
+                *results, (rows, killed) = await asyncio.gather(*tasks, kill())
+                return results, rows, time.monotonic() - killed, killed - start
+
+        results, rows, after_kill, _ = asyncio.run(load())
+        assert rows == 12  # every request was in the batch when the engine died
+        assert after_kill < 3, "requests must end at once when the engine dies, not hang"
+        for r in results[:8]:
+            error = assert_error(r, 503)
+            assert "engine" in error["message"]
+            assert r.headers["retry-after"] == "1"
+        for code, text in results[8:]:
+            assert code == 200  # the stream had started; its end is an error event with the 503 body
+            name, data = parse_events(text)[-1]
+            assert name == "error" and json.loads(data)["error"]["code"] == 503
+        back = wait_for(lambda: status_of(base, "/ready") == 200, 20, "a restarted engine is ready")
+        second = engine_pid(base)
+        assert second != first and proc.poll() is None  # the HTTP process was not restarted
+        r = httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 40})
+        assert r.json()["completion"] == library_greedy(loaded, "All:", 40)
+        print(f"engine back in {back:.2f} s")
+    finally:
+        stop_server(proc)
+    wait_for(lambda: gone(second) and gone(proc.pid), 10, "no process outlives the server")
+    assert gone(first)
+
+
+def test_sigterm_drains_finishes_requests_in_flight_refuses_new_ones_and_exits_0(weights_file, tmp_path):
+    loaded = load_weights(weights_file)
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000")
+    engine = engine_pid(base)
+    n = 60_000  # long enough to be in flight when the signal comes
+
+    async def run():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            running = asyncio.ensure_future(http.post("/predict", json={"prefix": "All:", "num_tokens": n}))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            async with httpx.AsyncClient(base_url=base, timeout=5) as fresh:  # a new connection
+                refused = await fresh.post("/predict", json={"prefix": "All:", "num_tokens": 5})
+                ready = await fresh.get("/ready")
+            return await running, refused, ready
+
+    done, refused, ready = asyncio.run(run())
+    assert done.status_code == 200 and done.json()["num_tokens"] == n
+    assert done.json()["completion"][:200] == library_greedy(loaded, "All:", 200)
+    assert_error(refused, 503)
+    assert refused.headers["retry-after"] == "1"
+    assert_error(ready, 503)
+    assert proc.wait(timeout=20) == 0
+    stop_server(proc)
+    wait_for(lambda: gone(engine), 10, "the engine stops with the server")
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_a_client_that_times_out_is_cancelled_in_the_engine(weights_file, tmp_path):
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000")
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 1_000_000}, timeout=0.5)
+        wait_for(lambda: metric(httpx.get(f"{base}/metrics").text, "rnnlm_batch_rows") == 0, 5,
+                 "the abandoned generation leaves the batch")
+        assert metric(httpx.get(f"{base}/metrics").text, "rnnlm_engine_requests") == 0
+    finally:
+        stop_server(proc)
+
+
+def test_64_concurrent_clients_get_what_each_would_alone_through_the_engine_process(weights_file, tmp_path):
+    loaded = load_weights(weights_file)
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        texts = prefixes(64)
+        responses = asyncio.run(post_all(base, [("/predict", {"prefix": t, "num_tokens": 120}) for t in texts]))
+        for t, r in zip(texts, responses):
+            assert r.status_code == 200, r.text
+            assert r.json()["completion"] == library_greedy(loaded, t, 120), t
+        text = httpx.get(f"{base}/metrics").text
+        assert metric(text, "rnnlm_batch_rows_stepped_total") / metric(text, "rnnlm_batch_steps_total") > 4
+    finally:
+        stop_server(proc)
+
+
+def test_flush_denormal_stays_in_the_engine_a_tiny_top_p_is_accepted_and_means_greedy(weights_file, tmp_path):
+    """top_p = 5e-324 is schema-valid (> 0); the nucleus is then the likeliest character alone."""
+    loaded = load_weights(weights_file)
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        r = httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 50, "temperature": 1.0,
+                                                "top_p": 5e-324, "seed": 7})
+        assert r.status_code == 200, r.text
+        assert r.json()["completion"] == library_greedy(loaded, "All:", 50)
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:99", "not a device"])
+def test_an_unusable_device_exits_2_with_one_line_naming_the_variable(weights_file, device):
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() > 99:
+            pytest.skip("this machine has a cuda:99")
+    run = subprocess.run([sys.executable, "-m", "app", "--weights", weights_file, "--port", "0"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "RNNLM_DEVICE": device})
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlm-serve: error: RNNLM_DEVICE="), run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_a_4xx_leaves_no_traceback_in_the_log(weights_file, tmp_path):
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        assert_error(httpx.post(f"{base}/predict", json={"prefix": ""}), 422)
+        assert_error(httpx.post(f"{base}/perplexity", json={"text": "a"}), 422)
+        assert_error(httpx.post(f"{base}/predict", content=b"{", headers={"content-type": "application/json"}), 400)
+    finally:
+        stop_server(proc)
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "ERROR" not in log
