@@ -32,6 +32,6 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('RNNLM_PORT', '8000') + '/health', timeout=4)"]
-# uvicorn drains connections on SIGTERM (graceful shutdown), then exits.
+# SIGTERM drains: /ready and new requests get 503, requests in flight finish (RNNLM_DRAIN_SECONDS), exit 0.
 STOPSIGNAL SIGTERM
 CMD ["rnnlm-serve"]

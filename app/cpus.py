@@ -15,7 +15,8 @@ from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limi
 
 __all__ = ["BlasThreads", "engine_blas_threads", "limit_blas_threads", "usable_cpus"]
 
-FEW_ROWS = 4  # batches this small (one stream, a prompt read alone) get every BLAS thread; larger ones one
+FEW_ROWS = 4  # batches this small (one stream, a prompt read alone) get every BLAS thread
+LARGE_STEP_FLOPS = 100e6  # so do steps this large (a 2 x 512 GRU at 32 rows and up); others one
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -55,17 +56,20 @@ def limit_blas_threads(threads: int) -> int:
 
 
 class BlasThreads:
-    """The engine's OpenBLAS pool, sized for each step: a few rows are one matrix-vector product per layer,
-    which a second thread speeds up; a large batch is a matrix product that one thread runs nearly as fast,
-    while a second one would take the core the HTTP processes need."""
+    """The engine's OpenBLAS pool, sized for each step. A few rows are one matrix-vector product per layer,
+    which a second thread speeds up; a step of many rows of a large model is long enough that threads pay;
+    in between (the tanh RNN at 64 rows: 38 MFLOP) one thread runs it nearly as fast, and a second one would
+    take the core the HTTP processes need."""
 
-    def __init__(self, most: int):
+    def __init__(self, most: int, flops_per_row: float):
         self.most = most
+        self.flops_per_row = flops_per_row
         self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
         self.now: int | None = None
 
     def fit(self, rows: int) -> None:
-        want = self.most if rows <= FEW_ROWS else 1
+        many = rows * self.flops_per_row >= LARGE_STEP_FLOPS
+        want = self.most if rows <= FEW_ROWS or many else 1
         if want != self.now:
             for lib in self._libs:
                 lib.set_num_threads(want)

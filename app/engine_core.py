@@ -91,12 +91,19 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def step_flops(cfg) -> float:
+    """Floating-point operations of one row of a decoding step: each layer's recurrent product (and, above the
+    first, its input product), then the output head."""
+    width = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden_size
+    products = (2 * cfg.num_layers - 1) * cfg.hidden_size * width + cfg.hidden_size * cfg.vocab_size
+    return 2.0 * products
+
+
 class EngineCore:
     def __init__(self, settings: Settings, address: str):
         self.settings = settings
         prepare_model_thread(settings.model_threads, settings.flush_denormal)
         self.blas_threads = limit_blas_threads(engine_blas_threads(settings.blas_threads, usable_cpus()))
-        self.blas = BlasThreads(self.blas_threads)
         device = check_device(settings.device)
         try:
             self.loaded = load_weights(settings.weights, device=device)
@@ -104,6 +111,7 @@ class EngineCore:
             raise StartupError(str(e)) from None
         self.model = self.loaded.model
         self.vocab = self.loaded.vocab
+        self.blas = BlasThreads(self.blas_threads, step_flops(self.model.config))
         self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
                       if settings.prefix_cache_entries > 0 else None)
         if settings.batching:
@@ -121,6 +129,7 @@ class EngineCore:
         self._urgent = False  # streamed text that must go now: a stream's first piece, or every piece at 0 ms
         self._draining_since: float | None = None
         self.requests_served = 0
+        self.busy_seconds = 0.0  # time spent running the model (scheduler turns)
         if os.path.exists(address):  # a previous engine's socket file
             os.unlink(address)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,7 +150,9 @@ class EngineCore:
                 return
             if self.scheduler.busy:
                 self.blas.fit(self.scheduler.batch_rows + self.scheduler.queued)
+                start = time.perf_counter()
                 self.scheduler.run_once()
+                self.busy_seconds += time.perf_counter() - start
             self._send(time.perf_counter())
             if self._draining_since is not None and self._drained():
                 return
@@ -407,7 +418,7 @@ class EngineCore:
         s, cache = self.scheduler, self.cache
         out = {"batch_rows": s.batch_rows, "queued": s.queued, "batch_steps": s.steps,
                "batch_rows_stepped": s.rows_stepped, "requests_in_engine": len(self._requests),
-               "requests_served": self.requests_served}
+               "requests_served": self.requests_served, "busy_seconds": self.busy_seconds}
         if cache is not None:
             out.update(cache_entries=len(cache), cache_bytes=cache.bytes, cache_hits=cache.hits,
                        cache_misses=cache.misses, cache_hit_chars=cache.hit_chars)

@@ -23,6 +23,8 @@ ENGINE_FIGURES = [
     ("gauge", "rnnlm_engine_requests", "Requests in the engine (queued or running)", "requests_in_engine"),
     ("counter", "rnnlm_engine_requests_served", "Requests the engine finished (since it last started)",
      "requests_served"),
+    ("counter", "rnnlm_engine_busy_seconds", "Time the engine spent running the model (÷ wall time = its load)",
+     "busy_seconds"),
     ("counter", "rnnlm_batch_steps", "Batch steps run", "batch_steps"),
     ("counter", "rnnlm_batch_rows_stepped", "Sequences stepped, summed over steps "
      "(÷ rnnlm_batch_steps_total = mean batch size)", "batch_rows_stepped"),

@@ -80,7 +80,7 @@ def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, 
     out = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "30s",
                           "-s", str(lua), base], capture_output=True, text=True, env=env, check=True).stdout
     requests_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
@@ -196,9 +196,9 @@ def main() -> None:
         results: dict[tuple[str, int], dict] = {}
 
         def measure(name: str, base: str, clients: int, body_tail: str = tail, files: Path = prefixes,
-                    tokens: int = args.tokens) -> dict:
+                    tokens: int = args.tokens, seconds: float = args.seconds) -> dict:
             run_wrk(base, clients, 2, files, body_tail, lua)  # warm-up
-            r = results[name, clients] = run_wrk(base, clients, args.seconds, files, body_tail, lua)
+            r = results[name, clients] = run_wrk(base, clients, seconds, files, body_tail, lua)
             print(line(name, clients, tokens, r), flush=True)
             return r
 
@@ -236,9 +236,10 @@ def main() -> None:
                 stop_server(proc)
         if "notebook" in only:
             base, proc = start_server(args.weights, tmp / "notebook.log", "benchmarks.notebook_server")
-            try:
-                nb = measure("notebook loop", base, 64)
+            try:  # 64 requests at a time take ~20 s each there: a window long enough to see them finish
+                nb = measure("notebook loop", base, 64, seconds=max(args.seconds, 60))
             finally:
+                proc.kill()
                 stop_server(proc)
             if "default" in only:
                 ratio = results["default", 64]["req/s"] / nb["req/s"]

@@ -47,6 +47,13 @@ def test_deployment_probes_ports_resources_and_secret():
     env = {e["name"]: e for e in container["env"]}
     assert env["RNNLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rnnlm-api-key", "key": "api-key"}
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # a read-only root file system still needs a writable /tmp: the engine's socket lives there
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in spec["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
+    grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > 5 + 10  # the preStop pause plus RNNLM_DRAIN_SECONDS' default
 
 
 def test_service_and_autoscaler_point_at_the_deployment():
@@ -57,3 +64,30 @@ def test_service_and_autoscaler_point_at_the_deployment():
     assert (target["kind"], target["name"], target["apiVersion"]) == ("Deployment", dep["metadata"]["name"], "apps/v1")
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert hpa["apiVersion"] == "autoscaling/v2"
+
+
+def test_setup_does_not_reinstall_when_nothing_changed(tmp_path):
+    """scripts/serve.sh and scripts/test.sh run setup.sh every time: with pyproject.toml and setup.sh as they
+    were at the last install it must not run pip (here pip would fail: its config file is garbage); with
+    another stamp it must."""
+    venv = ROOT / ".venv"
+    stamp = venv / ".rnnlm-installed"
+    if Path(sys.prefix).resolve() != venv.resolve() or not stamp.exists():
+        import pytest
+
+        pytest.skip("the tests run outside the project's .venv (scripts/test.sh runs them inside it)")
+    garbage = tmp_path / "pip.conf"
+    garbage.write_text("[global\nthis is not ini")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(garbage)}
+    for extras in ([], ["test"]):
+        run = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), *extras], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+    saved = stamp.read_text()
+    try:
+        stamp.write_text("0000000000000000 test\n")
+        run = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), "test"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode != 0  # it ran pip, which refused the garbage config
+    finally:
+        stamp.write_text(saved)
