@@ -242,20 +242,25 @@ class Scheduler:
         rows, logits = self._rows, self._logits
         self.steps += 1
         self.rows_stepped += len(rows)
-        # Plain numpy for the per-row bookkeeping: every torch call releases and re-takes the GIL, and each
-        # re-take can wait for the event loop thread.
+        # Plain numpy for the per-row bookkeeping: a torch call costs several times a numpy one at this size.
         scores = logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
         tokens = scores[:, 1:].argmax(axis=1) + 1  # greedy, never <unk> (id 0)
+        changed = False  # a prompt read to its end, a sequence finished or a job cancelled: settle the batch
         for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            if row.forced:
+            if row.job.cancelled:  # leaves at the settling below; what it reads now does not matter
+                changed = True
+            elif row.forced:
                 tokens[i] = row.forced.popleft()
-            elif not row.job.cancelled:
+                changed = changed or not row.forced
+            else:
                 d = row.decoding
                 if not d.greedy:
                     tokens[i] = token = d.choose(logits[i])
-                d.accept(token, logits[i] if d.top_logprobs is not None else None)
+                if d.accept(token, logits[i] if d.top_logprobs is not None else None):
+                    changed = True
         self._logits = self._decoder.step(torch.from_numpy(tokens))
-        self._settle(rows)
+        if changed:  # most steps only advance every row: nothing to settle
+            self._settle(rows)
 
     def _can_go_solo(self) -> bool:
         rows = self._rows
