@@ -19,6 +19,7 @@ from app import protocol as p
 from app.errors import ApiError
 from app.protocol import TokenInfo
 from app.settings import Settings
+from app.tokens import CharTokens
 from starlette.types import Receive
 
 __all__ = ["EngineClient", "Generation", "TokenInfo"]
@@ -106,6 +107,7 @@ class EngineClient:
         self._ready = asyncio.Event()
         self._transport: asyncio.Transport | None = None
         self.engine: dict = {}  # the engine's description (READY): config, vocab, pid, …
+        self.tokens = CharTokens(["<unk>"])  # the engine's characters as token ids, once it has answered
         self._task: asyncio.Task | None = None
         self.disconnects = 0
 
@@ -154,6 +156,7 @@ class EngineClient:
     def _dispatch(self, kind: str, rid: int, payload) -> None:
         if kind == p.READY:
             self.engine = payload
+            self.tokens = CharTokens(payload["vocab"])
             self._ready.set()
             return
         request = self._pending.get(rid)

@@ -31,21 +31,24 @@ ERROR_TYPES = {
 class ApiError(Exception):
     """A request the service refuses: status code, message, and the parameter at fault (if one is)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None,
+                 kind: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers
+        self.kind = kind  # the error body's "type", when not the status's usual one
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
+def error_body(status: int, message: str, param: str | None = None, kind: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind or ERROR_TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": status}}
 
 
-def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None,
+                   kind: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, kind), status_code=status, headers=headers)
 
 
 def _param_from_loc(loc: tuple) -> str | None:
@@ -78,7 +81,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.param, exc.headers)
+    return error_response(exc.status, exc.message, exc.param, exc.headers, exc.kind)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

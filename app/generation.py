@@ -32,8 +32,10 @@ class Decoding:
         self.vocab = vocab
         self.remaining = num_tokens
         self.sampler = sampler
-        self.greedy = sampler.greedy
+        self.greedy = sampler.greedy and not sampler.adjusts  # the batch's shared argmax is right for it
         self.rng = sampler.generator()
+        # how often each token has been generated: the penalties' input
+        self.counts = torch.zeros(len(vocab)) if sampler.frequency_penalty or sampler.presence_penalty else None
         self.scanner = StopScanner(stops)
         self.top_logprobs = top_logprobs
         self.on_piece = on_piece
@@ -47,7 +49,7 @@ class Decoding:
         self.plain = not self.scanner.stops and top_logprobs is None and on_piece is None
 
     def choose(self, logits: torch.Tensor) -> int:
-        return self.sampler.choose(logits, self.rng)
+        return self.sampler.choose(logits, self.rng, self.counts)
 
     def run(self, decoder: StepDecoder, logits: torch.Tensor, interrupted: Callable[[], bool]) -> torch.Tensor:
         """Generate alone, one token at a time with ``decoder`` from ``logits`` (the next token's scores),
@@ -63,6 +65,8 @@ class Decoding:
         finished."""
         self.generated.append(token)
         self.remaining -= 1
+        if self.counts is not None:
+            self.counts[token] += 1
         if self.plain:
             if self.remaining <= 0:
                 self.completion = self.vocab.decode(self.generated)

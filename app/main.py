@@ -17,7 +17,7 @@ from app.engine_client import EngineClient
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from app.routes import openai, ops, page, perplexity, predict
+from app.routes import openai, ops, page, perplexity, predict, tokenizer
 from app.schemas import ErrorBody
 from app.settings import Settings
 from app.supervisor import EngineSupervisor
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     app.state.metrics = Metrics()
     app.state.drain = Drain(settings.drain_seconds)
     install_error_handlers(app)
-    for module in (predict, perplexity, openai, ops, page):
+    for module in (predict, perplexity, openai, tokenizer, ops, page):
         app.include_router(module.router)
     _document_limits(app, settings)
 

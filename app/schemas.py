@@ -11,7 +11,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "CompletionChoice", "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "ErrorBody", "ModelCard",
-    "ModelList", "PerplexityRequest", "PerplexityResponse", "PredictRequest", "PredictResponse", "Usage",
+    "ModelList", "PerplexityRequest", "PerplexityResponse", "PredictRequest", "PredictResponse", "StreamOptions",
+    "TokenizeRequest", "DetokenizeRequest", "Usage",
 ]
 
 
@@ -77,20 +78,36 @@ class PerplexityResponse(BaseModel):
     token_logprobs: list[float] | None = None
 
 
+class StreamOptions(Request):
+    include_usage: bool = Field(False, description="send a last chunk with empty choices and the usage")
+
+
 class CompletionRequest(SamplingFields):
+    """Every field of OpenAI's completions API; ``suffix`` is answered with a 400 (not supported)."""
+
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
-    prompt: str = Field(..., description="text to continue", examples=["ROMEO:"])
-    max_tokens: Int(ge=0) = Field(16, description="characters to generate; at most max_num_tokens")
+    prompt: str | list[str] | list[Int(ge=0)] | list[list[Int(ge=0)]] = Field(
+        ..., description="text to continue; or a list of texts, a list of token ids, or a list of token-id lists "
+        "(one token = one character, ids as /tokenize gives them)", examples=["ROMEO:"])
+    suffix: str | None = Field(None, description="not supported: a 400")
+    max_tokens: Int(ge=0) | None = Field(16, description="characters to generate; at most max_num_tokens")
     temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0: greedy")
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     logprobs: Int(ge=0, le=20) | None = Field(None, description="return log-probabilities of the chosen "
                                  "characters and this many most likely alternatives")
     echo: bool = Field(False, description="return the prompt before the completion (with its log-probabilities)")
     n: Int(ge=1, le=16) = Field(1, description="completions per prompt")
-    user: str | None = None
-    frequency_penalty: float = Field(0.0, ge=0, le=0, description="accepted for compatibility; only 0")
-    presence_penalty: float = Field(0.0, ge=0, le=0, description="accepted for compatibility; only 0")
+    best_of: Int(ge=1, le=16) | None = Field(None, description="generate this many per prompt (≥ n) and return "
+                                            "the n with the highest mean log-probability")
+    logit_bias: dict[str, float] | None = Field(None, description="token id → bias in [-100, 100] added to its "
+                                                "logit before choosing; -100 bans the token")
+    user: str | None = Field(None, description="accepted and ignored (logged nowhere)")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False,
+                                     description="subtracted from a token's logit once per time it was generated")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False,
+                                    description="subtracted from a token's logit once it has been generated")
 
 
 class ErrorDetail(BaseModel):
@@ -150,3 +167,24 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeRequest(Request):
+    model: str | None = None
+    prompt: str = Field(..., description="text to split into token ids (one per character)")
+    add_special_tokens: bool = Field(True, description="accepted; this model has no special tokens to add")
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int = Field(description="the most characters one prompt may have (the server's max_text_chars)")
+
+
+class DetokenizeRequest(Request):
+    model: str | None = None
+    tokens: list[Int(ge=0)] = Field(..., description="token ids, as /tokenize gives them")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

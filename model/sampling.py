@@ -1,4 +1,7 @@
-"""Choosing the next token from the model's scores: greedy (temperature 0) or sampled with top-k / top-p.
+"""Choosing the next token from the model's scores: greedy (temperature 0) or sampled with top-k / top-p,
+after OpenAI's adjustments when they are set: ``logit_bias`` (added to a token's logit; −100 or less bans it)
+and the frequency and presence penalties over the tokens generated so far,
+``logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty``.
 
 ``<unk>`` (id 0) is never chosen.
 """
@@ -24,18 +27,39 @@ class Sampler:
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0  # nucleus: keep the most likely tokens whose probabilities sum to top_p
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); a bias ≤ -100 bans the token
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError("temperature must be a finite number ≥ 0")
         if self.top_k < 0:
             raise ValueError("top_k must be ≥ 0")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2]")
         if not (_positive(self.top_p) and self.top_p <= 1):
             raise ValueError("top_p must be in (0, 1]")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < MIN_TEMPERATURE
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether the logits are changed before choosing (a bias or a penalty is set)."""
+        return bool(self.logit_bias) or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+    def adjusted(self, logits: Tensor, counts: Tensor | None) -> Tensor:
+        """A float32 CPU copy of ``logits`` with the bias and the penalties applied; ``counts`` (V,) holds how
+        often each token has been generated so far."""
+        scores = logits.detach().float().cpu().clone()
+        if counts is not None and (self.frequency_penalty or self.presence_penalty):
+            scores -= counts * self.frequency_penalty + (counts > 0).float() * self.presence_penalty
+        for token, bias in self.logit_bias:
+            scores[token] = -math.inf if bias <= -100 else scores[token] + bias
+        return scores
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
@@ -47,8 +71,11 @@ class Sampler:
             gen.manual_seed(self.seed)
         return gen
 
-    def choose(self, logits: Tensor, generator: torch.Generator | None = None) -> int:
-        """The next token id for scores ``logits`` (V,)."""
+    def choose(self, logits: Tensor, generator: torch.Generator | None = None, counts: Tensor | None = None) -> int:
+        """The next token id for scores ``logits`` (V,), given how often each token was generated (``counts``,
+        needed for the penalties)."""
+        if self.adjusts:
+            logits = self.adjusted(logits, counts)
         if self.greedy:  # the argmax, never <unk> (id 0)
             try:
                 return int(logits.numpy()[1:].argmax()) + 1  # a CPU tensor: numpy costs a sixth of torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -41,44 +42,101 @@ async def _prompt_infos(engine: EngineClient, prompt: str, k: int) -> list[Token
     return infos
 
 
-def _choice(engine: EngineClient, body: CompletionRequest, g: Generation, index: int,
+def _choice(prompt: str, echo: bool, k: int | None, g: Generation, index: int,
             prompt_infos: list[TokenInfo] | None) -> CompletionChoice:
-    text = (body.prompt if body.echo else "") + g.completion
+    text = (prompt if echo else "") + g.completion
     logprobs = None
-    if body.logprobs is not None:
-        infos = (prompt_infos or []) + g.tokens if body.echo else list(g.tokens)
+    if k is not None:
+        infos = (prompt_infos or []) + g.tokens if echo else list(g.tokens)
         logprobs = _logprobs(infos, 0)
     return CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=g.finish_reason)
+
+
+def _prompts(body: CompletionRequest, engine: EngineClient) -> list[str]:
+    """The prompts as texts: a string, a list of strings, a list of token ids, or a list of token-id lists."""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise ApiError(422, "prompt is an empty list", "prompt")
+    try:
+        if isinstance(prompt[0], int):
+            return [engine.tokens.decode(prompt)]
+        if isinstance(prompt[0], list):
+            return [engine.tokens.decode(ids) for ids in prompt]
+    except ValueError as e:
+        raise ApiError(422, f"prompt: {e}", "prompt") from None
+    return list(prompt)
+
+
+def _samplers(body: CompletionRequest, engine: EngineClient, count: int) -> list[dict]:
+    bias = []
+    for key, value in (body.logit_bias or {}).items():
+        if not key.isdigit() or int(key) >= len(engine.tokens):
+            raise ApiError(422, f"logit_bias: {key!r} is not a token id of this model (0–{len(engine.tokens) - 1})",
+                           "logit_bias")
+        if not -100 <= value <= 100:
+            raise ApiError(422, f"logit_bias: the bias of token {key} must be in [-100, 100]", "logit_bias")
+        bias.append((int(key), float(value)))
+    return [{"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
+             "seed": None if body.seed is None else body.seed + i, "logit_bias": tuple(bias),
+             "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty}
+            for i in range(count)]
+
+
+def _best(generations: list[Generation], n: int) -> list[Generation]:
+    """OpenAI's best_of: the n generations with the highest mean log-probability per token, in their order."""
+    def mean(g: Generation) -> float:
+        return sum(t.logprob for t in g.tokens) / len(g.tokens) if g.tokens else 0.0
+
+    ranked = sorted(range(len(generations)), key=lambda i: -mean(generations[i]))[:n]
+    return [generations[i] for i in sorted(ranked)]
 
 
 @router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False, responses={
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
 async def completions(body: CompletionRequest, request: Request, engine: EngineClient = Depends(get_engine),
                       metrics: Metrics = Depends(get_metrics)):
-    """OpenAI's legacy completions API over this character model (one token = one character)."""
+    """OpenAI's legacy completions API over this character model (one token = one character). Choices come
+    grouped by prompt, then by ``n``, each with its ``index``."""
     model_id = engine.settings.model_id
     if body.model not in (None, model_id):
         raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
-    if not body.prompt:
+    if body.suffix is not None:
+        raise ApiError(400, "suffix is not supported by this model", "suffix", kind="unsupported_parameter")
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
+    prompts = _prompts(body, engine)
+    if any(not prompt for prompt in prompts):
         raise ApiError(422, "prompt must contain at least one character", "prompt")
-    if body.stream and body.n > 1:
-        raise ApiError(422, "stream supports n = 1 only", "n")
+    best_of = body.best_of or body.n
+    if best_of < body.n:
+        raise ApiError(422, f"best_of ({best_of}) must be at least n ({body.n})", "best_of")
+    if body.stream and len(prompts) * best_of > 1:
+        raise ApiError(422, "stream supports one prompt with n = 1 (and no best_of > 1)", "n")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     k = body.logprobs
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    samplers = _samplers(body, engine, best_of)
+    ranking = best_of > body.n  # needs every token's log-probability
+    top = k if k is not None else (0 if ranking else None)
 
-    samplers = [{"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
-                 "seed": None if body.seed is None else body.seed + i} for i in range(body.n)]
-    prompt_infos = None
-    if body.echo and k is not None:
-        engine.check_chars(body.prompt, "prompt")
-        prompt_infos = await _prompt_infos(engine, body.prompt, k)
-    generations = await engine.generate(body.prompt, body.max_tokens, samplers, stops, k, stream=body.stream,
-                                        param_prefix="prompt", param_tokens="max_tokens", receive=request.receive)
+    async def one(prompt: str):
+        infos = await _prompt_infos(engine, prompt, k) if body.echo and k is not None else None
+        generations = await engine.generate(prompt, max_tokens, samplers, stops, top, stream=body.stream,
+                                            param_prefix="prompt", param_tokens="max_tokens",
+                                            receive=request.receive)
+        return infos, (_best(generations, body.n) if ranking else generations)
+
+    for prompt in prompts:
+        engine.check_chars(prompt, "prompt")
+    results = await asyncio.gather(*(one(prompt) for prompt in prompts))
 
     if body.stream:
-        (generation,) = generations
+        ((prompt_infos, (generation,)),) = results
+        prompt = prompts[0]
         sent = 0
 
         def chunk(text: str, finish: str | None, infos=None, offset=0) -> str:
@@ -89,21 +147,37 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         def on_piece(piece: str) -> str:
             nonlocal sent
             infos = generation.tokens[sent : sent + len(piece)] if k is not None else None
-            out = chunk(piece, None, infos, len(body.prompt) * body.echo + sent)
+            out = chunk(piece, None, infos, len(prompt) * body.echo + sent)
             sent += len(piece)
             return out
 
         def on_end(g: Generation) -> list[str]:
             metrics.tokens_generated.inc(g.num_tokens)
-            return [chunk("", g.finish_reason), event("[DONE]")]
+            end = [chunk("", g.finish_reason)]
+            if body.stream_options is not None and body.stream_options.include_usage:
+                usage = _usage(prompts, [g], g.cached_chars).model_dump()
+                end.append(event({"id": request_id, "object": "text_completion", "created": created,
+                                  "model": model_id, "choices": [], "usage": usage}))
+            return [*end, event("[DONE]")]
 
-        first = [chunk(body.prompt, None, prompt_infos, 0)] if body.echo else []
+        first = [chunk(prompt, None, prompt_infos, 0)] if body.echo else []
         return stream_generation(generation, on_piece, on_end, first)
 
-    choices = [_choice(engine, body, g, i, prompt_infos) for i, g in enumerate(generations)]
-    total = sum(g.num_tokens for g in generations)
-    metrics.tokens_generated.inc(total)
-    details = PromptTokensDetails(cached_tokens=generations[0].cached_chars)
-    return CompletionResponse(id=request_id, created=created, model=model_id, choices=choices,
-                              usage=Usage(prompt_tokens=len(body.prompt), completion_tokens=total,
-                                          total_tokens=len(body.prompt) + total, prompt_tokens_details=details))
+    choices, generated = [], []
+    for prompt, (prompt_infos, generations) in zip(prompts, results):
+        for g in generations:
+            if ranking and k is None:
+                g.tokens = []
+            choices.append(_choice(prompt, body.echo, k, g, len(choices), prompt_infos))
+            generated.append(g)
+    usage = _usage(prompts, generated, sum(gs[0].cached_chars for _, gs in results if gs))
+    metrics.tokens_generated.inc(usage.completion_tokens)
+    return CompletionResponse(id=request_id, created=created, model=model_id, choices=choices, usage=usage)
+
+
+def _usage(prompts: list[str], generations: list[Generation], cached: int) -> Usage:
+    """Totals over every prompt and choice; ``cached``: prompt characters whose state came from the cache."""
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion = sum(g.num_tokens for g in generations)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))

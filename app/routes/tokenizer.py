@@ -1,0 +1,50 @@
+"""The tokenizer endpoints in vLLM's shape: POST /tokenize, POST /detokenize, GET /tokenizer_info.
+
+One token is one character of the model's vocabulary (id 0, ``<unk>``, for every other character; as text it is
+U+FFFD, see app/tokens.py). A character model has no end-of-text or beginning-of-text token: both are null.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from app.deps import get_engine
+from app.engine_client import EngineClient
+from app.errors import ApiError
+from app.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from app.tokens import UNKNOWN_TEXT
+
+router = APIRouter(tags=["tokenizer"])
+
+
+def _check_model(engine: EngineClient, model: str | None) -> None:
+    if model not in (None, engine.settings.model_id):
+        raise ApiError(404, f"model {model!r} not found; this server serves {engine.settings.model_id!r}", "model")
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, engine: EngineClient = Depends(get_engine)) -> TokenizeResponse:
+    """The token ids of ``prompt``: one per character."""
+    _check_model(engine, body.model)
+    engine.check_chars(body.prompt, "prompt")
+    tokens = engine.tokens.encode(body.prompt)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=engine.settings.max_text_chars)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, engine: EngineClient = Depends(get_engine)) -> DetokenizeResponse:
+    """The text of token ids (id 0 as U+FFFD)."""
+    _check_model(engine, body.model)
+    try:
+        return DetokenizeResponse(prompt=engine.tokens.decode(body.tokens))
+    except ValueError as e:
+        raise ApiError(422, f"tokens: {e}", "tokens") from None
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(engine: EngineClient = Depends(get_engine)) -> dict:
+    """What a client needs to tokenize as the server does."""
+    vocab = engine.tokens.vocab
+    return {"model": engine.settings.model_id, "tokenizer_class": "character", "vocab_size": len(vocab),
+            "vocab": vocab, "unk_token": vocab[0], "unk_token_id": 0, "unk_token_text": UNKNOWN_TEXT,
+            "bos_token": None, "eos_token": None, "pad_token": None, "max_model_len": engine.settings.max_text_chars}

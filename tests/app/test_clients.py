@@ -1,0 +1,162 @@
+"""The OpenAI surface as real clients use it: the `openai` client with list and token-id prompts, stream_options,
+logit_bias, the penalties, best_of, suffix; LangChain's OpenAI LLM (invoke, batch, stream) against the real
+server; the tokenizer endpoints. Samplers are checked against a hand-written greedy loop over the model's own
+forward pass that applies OpenAI's definitions."""
+
+import math
+
+import openai
+import pytest
+import torch
+from langchain_openai import OpenAI as LangChainOpenAI
+
+from tests.app.test_predict import library_greedy
+from tests.conftest import assert_error, start_server, stop_server
+
+
+@pytest.fixture
+def oai(client):
+    return openai.OpenAI(base_url=str(client.base_url) + "/v1", api_key="unused", http_client=client, max_retries=0)
+
+
+def handwritten_greedy(loaded, prompt: str, n: int, bias: dict[int, float] | None = None, frequency: float = 0.0,
+                       presence: float = 0.0) -> str:
+    """Greedy decoding one forward call per token, with OpenAI's logit_bias (≤ -100 bans) and penalties:
+    logit[j] -= count[j] * frequency + (count[j] > 0) * presence, counts over the generated tokens."""
+    model, vocab = loaded.model, loaded.vocab
+    counts = [0] * len(vocab)
+    with torch.no_grad():
+        out, state = model(vocab.encode(prompt).reshape(1, -1))
+        chosen = []
+        for _ in range(n):
+            logits = out[0, -1].tolist()
+            best, best_value = None, -math.inf
+            for j in range(1, len(vocab)):  # never <unk>
+                value = logits[j] - counts[j] * frequency - (presence if counts[j] else 0.0)
+                if bias and j in bias:
+                    value = -math.inf if bias[j] <= -100 else value + bias[j]
+                if value > best_value:
+                    best, best_value = j, value
+            chosen.append(best)
+            counts[best] += 1
+            out, state = model(torch.tensor([[best]]), state)
+    return vocab.decode(chosen)
+
+
+def test_a_list_of_prompts_gives_choices_grouped_by_prompt_then_n(oai, loaded):
+    prompts = ["All:\n", "Speak, speak", "First"]
+    r = oai.completions.create(model="tiny", prompt=prompts, max_tokens=20, temperature=0, n=2)
+    assert [c.index for c in r.choices] == list(range(6))
+    assert [c.text for c in r.choices] == [library_greedy(loaded, p, 20) for p in prompts for _ in range(2)]
+    assert r.usage.prompt_tokens == sum(map(len, prompts)) and r.usage.completion_tokens == 6 * 20
+
+
+def test_prompts_as_token_ids_and_token_id_lists(oai, client, loaded):
+    ids = client.post("/tokenize", json={"prompt": "All:\n"}).json()["tokens"]
+    assert ids == loaded.vocab.encode("All:\n").tolist()
+    one = oai.completions.create(model="tiny", prompt=ids, max_tokens=15, temperature=0)
+    assert one.choices[0].text == library_greedy(loaded, "All:\n", 15)
+    more = oai.completions.create(model="tiny", prompt=[ids, ids[:2]], max_tokens=15, temperature=0)
+    assert [c.text for c in more.choices] == [library_greedy(loaded, "All:\n", 15), library_greedy(loaded, "Al", 15)]
+    assert_error(client.post("/v1/completions", json={"prompt": [1, 2, 9999]}), 422, "prompt")
+    assert_error(client.post("/v1/completions", json={"prompt": []}), 422, "prompt")
+
+
+def test_stream_options_include_usage_sends_a_last_chunk_with_no_choices(oai, loaded):
+    chunks = list(oai.completions.create(model="tiny", prompt="All:\n", max_tokens=20, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.prompt_tokens == 5 and chunks[-1].usage.total_tokens == 25
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == library_greedy(loaded, "All:\n", 20)
+    plain = list(oai.completions.create(model="tiny", prompt="All:\n", max_tokens=5, temperature=0, stream=True))
+    assert all(c.usage is None and c.choices for c in plain)
+
+
+def test_suffix_is_a_clear_400_and_unknown_fields_stay_422(oai, client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.completions.create(model="tiny", prompt="All:", max_tokens=5, suffix="end")
+    assert caught.value.body["type"] == "unsupported_parameter" and caught.value.body["param"] == "suffix"
+    assert_error(client.post("/v1/completions", json={"prompt": "a", "colour": "red"}), 422, "colour")
+
+
+def test_the_fields_langchain_always_sends_are_accepted(client, loaded):
+    body = {"prompt": ["All:\n"], "max_tokens": 12, "temperature": 0, "top_p": 1, "n": 1, "logit_bias": {},
+            "frequency_penalty": 0, "presence_penalty": 0, "seed": None, "logprobs": None, "user": "someone",
+            "stream": False}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == library_greedy(loaded, "All:\n", 12)
+
+
+def test_logit_bias_minus_100_never_emits_the_token_and_a_bias_shifts_greedy(oai, loaded):
+    plain = library_greedy(loaded, "All:\n", 40)
+    banned = loaded.vocab.index[plain[0]]  # the greedy first character, and more of them later
+    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=0,
+                               logit_bias={str(banned): -100})
+    assert plain[0] not in r.choices[0].text
+    assert r.choices[0].text == handwritten_greedy(loaded, "All:\n", 40, bias={banned: -100})
+    favoured = loaded.vocab.index["e"]
+    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=0,
+                               logit_bias={str(favoured): 3.5})
+    assert r.choices[0].text == handwritten_greedy(loaded, "All:\n", 40, bias={favoured: 3.5})
+    assert r.choices[0].text != plain
+    sampled = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=200, temperature=1.5, seed=1,
+                                     logit_bias={str(banned): -100})
+    assert plain[0] not in sampled.choices[0].text
+
+
+@pytest.mark.parametrize("frequency, presence", [(1.5, 0.0), (0.0, 1.2), (0.7, 0.4), (-0.5, 0.0)])
+def test_frequency_and_presence_penalties_follow_openais_definition(oai, loaded, frequency, presence):
+    r = oai.completions.create(model="tiny", prompt="Speak", max_tokens=60, temperature=0,
+                               frequency_penalty=frequency, presence_penalty=presence)
+    assert r.choices[0].text == handwritten_greedy(loaded, "Speak", 60, frequency=frequency, presence=presence)
+
+
+def test_penalties_apply_in_the_batch_too(client, loaded):
+    """Several requests at once (the batch's shared argmax must not be used for penalised rows)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"prompt": p, "max_tokens": 50, "temperature": 0, "frequency_penalty": 1.0}
+              for p in ["All:\n", "First", "Speak", "Before we"]]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: client.post("/v1/completions", json=b).json(), bodies))
+    for b, r in zip(bodies, results):
+        assert r["choices"][0]["text"] == handwritten_greedy(loaded, b["prompt"], 50, frequency=1.0)
+
+
+def test_best_of_returns_the_samples_with_the_highest_mean_logprob(oai):
+    args = dict(model="tiny", prompt="All:\n", max_tokens=30, temperature=1.0, seed=11)
+    every = oai.completions.create(n=4, logprobs=0, **args)
+    means = [sum(c.logprobs.token_logprobs) / 30 for c in every.choices]
+    best = oai.completions.create(n=2, best_of=4, **args)
+    expected = sorted(sorted(range(4), key=lambda i: -means[i])[:2])
+    assert [c.text for c in best.choices] == [every.choices[i].text for i in expected]
+    assert [c.index for c in best.choices] == [0, 1] and best.choices[0].logprobs is None
+    with pytest.raises(openai.UnprocessableEntityError):
+        oai.completions.create(n=3, best_of=2, **args)
+
+
+def test_tokenize_detokenize_and_tokenizer_info(client, loaded):
+    info = client.get("/tokenizer_info").json()
+    assert info["vocab"] == loaded.vocab.tokens and info["vocab_size"] == len(loaded.vocab)
+    assert info["eos_token"] is None and info["bos_token"] is None
+    text = "Speak, speak — ☃"  # two characters outside the vocabulary
+    r = client.post("/tokenize", json={"prompt": text}).json()
+    assert r["tokens"] == loaded.vocab.encode(text).tolist() and r["count"] == len(text)
+    back = client.post("/detokenize", json={"tokens": r["tokens"]}).json()["prompt"]
+    assert back == "Speak, speak \ufffd \ufffd"
+    assert client.post("/tokenize", json={"prompt": back}).json()["tokens"] == r["tokens"]
+    assert_error(client.post("/detokenize", json={"tokens": [len(loaded.vocab)]}), 422, "tokens")
+
+
+def test_langchain_invoke_batch_and_stream_against_the_real_server(weights_file, tmp_path, loaded):
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        llm = LangChainOpenAI(base_url=f"{base}/v1", api_key="unused", model="tiny", temperature=0, max_tokens=25,
+                              max_retries=0)
+        assert llm.invoke("All:\n") == library_greedy(loaded, "All:\n", 25)
+        prompts = ["First", "Speak, speak", "All:\n", "Before"]
+        assert llm.batch(prompts) == [library_greedy(loaded, p, 25) for p in prompts]
+        assert "".join(llm.stream("Speak")) == library_greedy(loaded, "Speak", 25)
+    finally:
+        stop_server(proc)
