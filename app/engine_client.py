@@ -259,11 +259,13 @@ class EngineClient:
     # -- the work -------------------------------------------------------------------------------------------
     async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
                        top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
-                       param_tokens: str = "num_tokens", receive: Receive | None = None) -> list[Generation]:
+                       param_tokens: str = "num_tokens", receive: Receive | None = None,
+                       allow_empty: bool = False) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
-        engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status."""
-        if not prefix:
+        engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status.
+        With ``allow_empty`` an empty prefix starts from the zero state."""
+        if not prefix and not allow_empty:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
         self.check_tokens(num_tokens, param_tokens)

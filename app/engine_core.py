@@ -300,7 +300,11 @@ class EngineCore:
                                       r.top_logprobs, on_piece))
         job = GenerationJob(on_done=lambda result, error: self._done(request, result, error), text=r.prefix,
                             ids=ids, decodings=decodings)
-        hit = self.cache.lookup(r.prefix) if self.cache is not None else None
+        if not r.prefix:  # the notebook's initial state: H_0 = 0, whose prediction is the head's bias alone
+            job.start = self.model.init_state(1)
+            with torch.inference_mode():
+                job.start_logits = self.model.b_y.detach().clone()
+        hit = self.cache.lookup(r.prefix) if self.cache is not None and r.prefix else None
         if hit is not None:  # else job.start stays None: zeros
             job.start, job.start_at = hit.state, hit.length
             if hit.length == len(r.prefix):

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
+from app.chat import ChatTemplate
 from app.drain import Drain, DrainMiddleware
 from app.engine_client import EngineClient
 from app.errors import install_error_handlers
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     app.state.engine = None
     app.state.metrics = Metrics()
     app.state.drain = Drain(settings.drain_seconds)
+    app.state.chat_template = ChatTemplate(settings.chat_template)
     install_error_handlers(app)
     for module in (predict, perplexity, openai, tokenizer, ops, page):
         app.include_router(module.router)

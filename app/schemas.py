@@ -38,7 +38,8 @@ class SamplingFields(Request):
 
 
 class PredictRequest(SamplingFields):
-    prefix: str = Field(..., min_length=1, description="text that warms the latent state; generation continues it",
+    prefix: str = Field(..., description="text that warms the latent state; generation continues it (empty: "
+                        "from the zero state, the notebook's H_0)",
                         examples=["ROMEO:\nBut soft"])
     num_tokens: Int(ge=0) | None = Field(None, description="characters to generate (0: warm only); at most the "
                                    "server's max_num_tokens (see /info); default 100, or that limit if lower",
@@ -171,7 +172,9 @@ class ModelList(BaseModel):
 
 class TokenizeRequest(Request):
     model: str | None = None
-    prompt: str = Field(..., description="text to split into token ids (one per character)")
+    prompt: str | None = Field(None, description="text to split into token ids (one per character)")
+    messages: list["ChatMessage"] | None = Field(None, description="or chat messages, rendered by the chat template "
+                                                 "as /v1/chat/completions renders them")
     add_special_tokens: bool = Field(True, description="accepted; this model has no special tokens to add")
 
 
@@ -188,3 +191,44 @@ class DetokenizeRequest(Request):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class ContentPart(Request):
+    type: Literal["text"] = Field(description="only text parts: this is a text model")
+    text: str
+
+
+class ChatMessage(Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, description="the speaker: replaces the role in the rendered text")
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """OpenAI's chat completions; the messages are rendered by the server's chat template (see /info)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: Int(ge=0) | None = Field(None, description="characters to generate (default: 100, or the limit)")
+    max_completion_tokens: Int(ge=0) | None = Field(None, description="the same as max_tokens (its newer name)")
+    temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0: greedy")
+    n: Int(ge=1, le=16) = 1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool = False
+    top_logprobs: Int(ge=0, le=20) | None = None
+    logit_bias: dict[str, float] | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    user: str | None = None
+    store: bool | None = Field(None, description="accepted and ignored: nothing is stored")
+    metadata: dict[str, str] | None = Field(None, description="accepted and ignored")
+    parallel_tool_calls: bool | None = Field(None, description="accepted and ignored (no tools)")
+    tools: list[dict] | None = Field(None, description="not supported: a 400")
+    tool_choice: str | dict | None = Field(None, description="not supported unless 'none'")
+    response_format: dict | None = Field(None, description="only {'type': 'text'}")
+
+
+TokenizeRequest.model_rebuild()

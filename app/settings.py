@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")
     prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")
     prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
+    chat_template: str = Field("{role}:\n{content}\n\n", description="how /v1/chat/completions writes each "
+                               "message ({role}: its name or role in capitals); the reply stops at the text after "
+                               "{content}")
     stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="streamed text is sent at most this often per "
                                    "stream (the first piece at once); 0: one event per token")
     drain_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish")
@@ -42,6 +45,14 @@ class Settings(BaseSettings):
     model_threads: int = Field(1, ge=1, description="torch intra-op threads of the engine")
     blas_threads: int = Field(0, ge=0, description="OpenBLAS threads of the engine for the CPU step "
                               "(0: the usable cores)")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template_has_role_and_content(cls, value: str) -> str:
+        from app.chat import ChatTemplate
+
+        ChatTemplate(value)  # raises ValueError with the reason
+        return value
 
     @property
     def cors_origin_list(self) -> list[str]:

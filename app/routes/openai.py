@@ -1,4 +1,5 @@
-"""OpenAI-compatible completions: POST /v1/completions and GET /v1/models, so OpenAI clients work unchanged."""
+"""OpenAI-compatible API: POST /v1/completions, POST /v1/chat/completions and GET /v1/models, so OpenAI
+clients work unchanged. Where OpenAI's definition leaves room, this does what vLLM's OpenAI server does."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import uuid
 
 from fastapi import APIRouter, Depends, Request
 
+from app.chat import ChatTemplate
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation, TokenInfo
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.schemas import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
+from app.schemas import (ChatCompletionRequest, CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
                          ModelList, PromptTokensDetails, Usage)
 from app.sse import event, stream_generation
 
@@ -181,3 +183,95 @@ def _usage(prompts: list[str], generations: list[Generation], cached: int) -> Us
     completion = sum(g.num_tokens for g in generations)
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+# -- chat -------------------------------------------------------------------------------------------------------
+def render_messages(messages_in: list, template: ChatTemplate) -> str:
+    """Chat messages as the text the model continues (the assistant's turn opened)."""
+    messages = []
+    for m in messages_in:
+        if isinstance(m.content, list):
+            content = "".join(part.text for part in m.content)
+        else:
+            content = m.content or ""
+        messages.append((m.role, m.name, content))
+    return template.render(messages)
+
+
+def _chat_logprobs(infos: list[TokenInfo]) -> dict:
+    def entry(text: str, value: float) -> dict:
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(t.text, t.logprob), "top_logprobs": [entry(c, v) for c, v in (t.top or {}).items()]}
+                        for t in infos]}
+
+
+@router.post("/chat/completions", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
+async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineClient = Depends(get_engine),
+                           metrics: Metrics = Depends(get_metrics)):
+    """OpenAI's chat completions: the messages are written out by the chat template (/info shows it), the
+    assistant's turn is opened, and the reply ends where the template ends a turn."""
+    model_id = engine.settings.model_id
+    if body.model not in (None, model_id):
+        raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this model", "tools", kind="unsupported_parameter")
+    if body.tool_choice not in (None, "none"):
+        raise ApiError(400, "tool_choice is not supported by this model", "tool_choice", kind="unsupported_parameter")
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        raise ApiError(400, "only response_format {'type': 'text'} is supported", "response_format",
+                       kind="unsupported_parameter")
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
+    if body.stream and body.n > 1:
+        raise ApiError(422, "stream supports n = 1 only", "n")
+    template = request.app.state.chat_template
+    prompt = render_messages(body.messages, template)
+    limit = engine.settings.max_num_tokens
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    if max_tokens is None:
+        max_tokens = min(100, limit)
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = [*stops, template.turn_end] if template.turn_end else stops
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
+                                        stream=body.stream, param_prefix="messages", param_tokens=param,
+                                        receive=request.receive)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+
+    if body.stream:
+        (generation,) = generations
+        sent = 0
+
+        def chunk(delta: dict, finish: str | None = None, infos=None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": _chat_logprobs(infos) if infos is not None else None,
+                      "finish_reason": finish}
+            return event({**head, "choices": [choice]})
+
+        def on_piece(piece: str) -> str:
+            nonlocal sent
+            infos = generation.tokens[sent : sent + len(piece)] if k is not None else None
+            sent += len(piece)
+            return chunk({"content": piece}, None, infos)
+
+        def on_end(g: Generation) -> list[str]:
+            metrics.tokens_generated.inc(g.num_tokens)
+            end = [chunk({}, g.finish_reason)]
+            if body.stream_options is not None and body.stream_options.include_usage:
+                usage = _usage([prompt], [g], g.cached_chars).model_dump()
+                end.append(event({**head, "choices": [], "usage": usage}))
+            return [*end, event("[DONE]")]
+
+        return stream_generation(generation, on_piece, on_end, [chunk({"role": "assistant", "content": ""})])
+
+    usage = _usage([prompt], generations, generations[0].cached_chars)
+    metrics.tokens_generated.inc(usage.completion_tokens)
+    choices = [{"index": i, "message": {"role": "assistant", "content": g.completion},
+                "logprobs": _chat_logprobs(g.tokens) if k is not None else None, "finish_reason": g.finish_reason}
+               for i, g in enumerate(generations)]
+    return {"id": request_id, "object": "chat.completion", "created": created, "model": model_id,
+            "choices": choices, "usage": usage.model_dump()}

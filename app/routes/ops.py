@@ -61,6 +61,7 @@ async def info(request: Request, engine: EngineClient = Depends(get_engine)) -> 
             "engine_pid": e["pid"],
             "stream_flush_ms": s.stream_flush_ms,
         },
+        "chat_template": request.app.state.chat_template.describe(),
     }
 
 

@@ -28,7 +28,7 @@ async def predict(body: PredictRequest, request: Request, engine: EngineClient =
     sampler = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed}
     num_tokens = body.num_tokens if body.num_tokens is not None else min(DEFAULT_NUM_TOKENS, engine.settings.max_num_tokens)
     (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream,
-                                         receive=request.receive)
+                                         receive=request.receive, allow_empty=True)
     if body.stream:
         def on_end(g: Generation) -> list[str]:
             metrics.tokens_generated.inc(g.num_tokens)

@@ -6,7 +6,7 @@ U+FFFD, see app/tokens.py). A character model has no end-of-text or beginning-of
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine
 from app.engine_client import EngineClient
@@ -23,11 +23,20 @@ def _check_model(engine: EngineClient, model: str | None) -> None:
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, engine: EngineClient = Depends(get_engine)) -> TokenizeResponse:
-    """The token ids of ``prompt``: one per character."""
+async def tokenize(body: TokenizeRequest, request: Request,
+                   engine: EngineClient = Depends(get_engine)) -> TokenizeResponse:
+    """The token ids of ``prompt`` (one per character), or of ``messages`` as the chat template writes them."""
     _check_model(engine, body.model)
-    engine.check_chars(body.prompt, "prompt")
-    tokens = engine.tokens.encode(body.prompt)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(422, "give either prompt or messages", "prompt")
+    if body.messages is not None:
+        from app.routes.openai import render_messages
+
+        text = render_messages(body.messages, request.app.state.chat_template)
+    else:
+        text = body.prompt
+    engine.check_chars(text, "prompt")
+    tokens = engine.tokens.encode(text)
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=engine.settings.max_text_chars)
 
 

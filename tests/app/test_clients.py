@@ -160,3 +160,75 @@ def test_langchain_invoke_batch_and_stream_against_the_real_server(weights_file,
         assert "".join(llm.stream("Speak")) == library_greedy(loaded, "Speak", 25)
     finally:
         stop_server(proc)
+
+
+# -- chat ---------------------------------------------------------------------------------------------------------
+def rendered(messages: list[tuple[str, str]]) -> str:
+    """The default template, written out by hand: ROLE:\\n{content}\\n\\n per message, then ASSISTANT:\\n."""
+    return "".join(f"{role.upper()}:\n{content}\n\n" for role, content in messages) + "ASSISTANT:\n"
+
+
+def reply(loaded, prompt: str, n: int) -> tuple[str, str]:
+    """Greedy continuation cut at the end of the assistant's turn (a blank line), and the finish reason."""
+    full = library_greedy(loaded, prompt, n)
+    return (full[: full.index("\n\n")], "stop") if "\n\n" in full else (full, "length")
+
+
+def test_chat_completions_render_the_template_and_stop_at_the_next_turn(oai, client, loaded):
+    messages = [("system", "All speak."), ("user", "Speak, speak.")]
+    r = oai.chat.completions.create(model="tiny", messages=[{"role": a, "content": b} for a, b in messages],
+                                    max_tokens=120, temperature=0)
+    text, finish = reply(loaded, rendered(messages), 120)
+    assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == finish
+    assert r.usage.prompt_tokens == len(rendered(messages)) and r.usage.completion_tokens == len(text)
+    ids = client.post("/tokenize", json={"messages": [{"role": a, "content": b} for a, b in messages]}).json()
+    assert ids["tokens"] == loaded.vocab.encode(rendered(messages)).tolist()
+    assert client.get("/info").json()["chat_template"]["stop"] == "\n\n"
+
+
+def test_chat_names_speakers_takes_max_completion_tokens_n_and_stop(oai, loaded):
+    messages = [{"role": "user", "name": "First", "content": "Before we proceed"}]
+    prompt = "FIRST:\nBefore we proceed\n\nASSISTANT:\n"
+    full = library_greedy(loaded, prompt, 40)
+    r = oai.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=7, temperature=0, n=2)
+    assert [c.message.content for c in r.choices] == [reply(loaded, prompt, 7)[0]] * 2
+    assert [c.index for c in r.choices] == [0, 1]
+    stop = full[3:5]
+    if "\n\n" not in full[:5]:
+        r = oai.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0, stop=stop)
+        assert r.choices[0].message.content == full[: full.index(stop)]
+
+
+def test_chat_streams_deltas_and_the_usage_chunk(oai, loaded):
+    messages = [{"role": "user", "content": "All:"}]
+    chunks = list(oai.chat.completions.create(model="tiny", messages=messages, max_tokens=60, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    expected, finish = reply(loaded, rendered([("user", "All:")]), 60)
+    assert text == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected)
+
+
+def test_chat_logprobs_and_refusals(oai, client):
+    r = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=5,
+                                    temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob == pytest.approx(t.top_logprobs[0].logprob) for t in content)
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a"}],
+                                    tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert_error(client.post("/v1/chat/completions", json={"messages": []}), 422, "messages")
+
+
+def test_a_bad_chat_template_setting_exits_2_with_one_line(weights_file):
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "app", "--weights", weights_file], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "RNNLM_CHAT_TEMPLATE": "{content} only"})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "RNNLM_CHAT_TEMPLATE" in run.stderr

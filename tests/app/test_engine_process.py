@@ -178,7 +178,7 @@ def test_flush_denormal_stays_in_the_engine_a_tiny_top_p_is_accepted_and_means_g
 
 def test_a_4xx_leaves_no_traceback_in_the_log(shared_server):
     base, log = shared_server
-    assert_error(httpx.post(f"{base}/predict", json={"prefix": ""}), 422)
+    assert_error(httpx.post(f"{base}/predict", json={"prefix": "a", "num_tokens": -1}), 422)
     assert_error(httpx.post(f"{base}/perplexity", json={"text": "a"}), 422)
     assert_error(httpx.post(f"{base}/predict", content=b"{", headers={"content-type": "application/json"}), 400)
     text = log.read_text()

@@ -100,9 +100,25 @@ def test_predict_rejects_unknown_fields(client):
     assert_error(client.post("/predict", json={"prefix": "a", "num_tokens": 1, "colour": "red"}), 422, "colour")
 
 
-def test_predict_requires_a_prefix(client):
+def test_predict_requires_a_prefix_field(client):
     assert_error(client.post("/predict", json={"num_tokens": 1}), 422, "prefix")
-    assert_error(client.post("/predict", json={"prefix": "", "num_tokens": 1}), 422, "prefix")
+
+
+def test_an_empty_prefix_generates_from_the_zero_state(client, loaded):
+    """The notebook's initial state H_0 = 0: the first character is predicted by the head alone (Y = 0 W_y +
+    b_y = b_y), then each one read from there — a hand-written loop over the model's forward pass."""
+    model, vocab = loaded.model, loaded.vocab
+    with torch.no_grad():
+        logits, state, chosen = model.b_y.clone(), model.init_state(1), []
+        for _ in range(30):
+            token = int(logits[1:].argmax()) + 1
+            chosen.append(token)
+            out, state = model(torch.tensor([[token]]), state)
+            logits = out[0, -1]
+    body = client.post("/predict", json={"prefix": "", "num_tokens": 30}).json()
+    assert body["completion"] == vocab.decode(chosen) and body["cached_chars"] == 0
+    tokens, result = stream_predict(client, {"prefix": "", "num_tokens": 30})
+    assert "".join(tokens) == result["completion"] == vocab.decode(chosen)
 
 
 def test_predict_rejects_non_finite_temperature(client):
