@@ -260,7 +260,7 @@ class EngineClient:
     async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
                        top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
                        param_tokens: str = "num_tokens", receive: Receive | None = None,
-                       allow_empty: bool = False) -> list[Generation]:
+                       allow_empty: bool = False, min_tokens: int = 0) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
         engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status.
@@ -270,8 +270,11 @@ class EngineClient:
         self.check_chars(prefix, param_prefix)
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
+        if min_tokens > num_tokens:
+            raise ApiError(422, f"min_tokens ({min_tokens}) must be at most {param_tokens} ({num_tokens})",
+                           "min_tokens")
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
-        body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream)
+        body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream, min_tokens)
         request = self._request(p.GENERATE, body, generations, stream)
         await self._wait(request, request.first if stream else request.result, receive)
         return generations

@@ -297,7 +297,7 @@ class EngineCore:
                 request.streams.append(stream)
                 on_piece = self._piece_sink(request, stream)
             decodings.append(Decoding(r.prefix, self.vocab, r.num_tokens, Sampler(**fields), r.stops,
-                                      r.top_logprobs, on_piece))
+                                      r.top_logprobs, on_piece, r.min_tokens, ids))
         job = GenerationJob(on_done=lambda result, error: self._done(request, result, error), text=r.prefix,
                             ids=ids, decodings=decodings)
         if not r.prefix:  # the notebook's initial state: H_0 = 0, whose prediction is the head's bias alone

@@ -27,16 +27,23 @@ class Decoding:
     logprobs, the :class:`TokenInfo` of its characters."""
 
     def __init__(self, prefix: str, vocab: Vocab, num_tokens: int, sampler: Sampler, stops: list[str],
-                 top_logprobs: int | None, on_piece: Callable[[str, list[TokenInfo]], None] | None = None):
+                 top_logprobs: int | None, on_piece: Callable[[str, list[TokenInfo]], None] | None = None,
+                 min_tokens: int = 0, prefix_ids: torch.Tensor | None = None):
         self.prefix = prefix
         self.vocab = vocab
         self.remaining = num_tokens
         self.sampler = sampler
         self.greedy = sampler.greedy and not sampler.adjusts  # the batch's shared argmax is right for it
         self.rng = sampler.generator()
-        # how often each token has been generated: the penalties' input
-        self.counts = torch.zeros(len(vocab)) if sampler.frequency_penalty or sampler.presence_penalty else None
+        # how often each token has been generated, and which the prompt or the output holds: the penalties' input
+        self.counts = torch.zeros(len(vocab)) if sampler.needs_history else None
+        self.seen = None
+        if sampler.repetition_penalty != 1:
+            self.seen = torch.zeros(len(vocab), dtype=torch.bool)
+            if prefix_ids is not None and prefix_ids.numel():
+                self.seen[prefix_ids] = True
         self.scanner = StopScanner(stops)
+        self.min_tokens = min_tokens  # stop sequences count only once this many characters have been generated
         self.top_logprobs = top_logprobs
         self.on_piece = on_piece
         self.completion = ""
@@ -49,7 +56,7 @@ class Decoding:
         self.plain = not self.scanner.stops and top_logprobs is None and on_piece is None
 
     def choose(self, logits: torch.Tensor) -> int:
-        return self.sampler.choose(logits, self.rng, self.counts)
+        return self.sampler.choose(logits, self.rng, self.counts, self.seen)
 
     def run(self, decoder: StepDecoder, logits: torch.Tensor, interrupted: Callable[[], bool]) -> torch.Tensor:
         """Generate alone, one token at a time with ``decoder`` from ``logits`` (the next token's scores),
@@ -67,6 +74,8 @@ class Decoding:
         self.remaining -= 1
         if self.counts is not None:
             self.counts[token] += 1
+        if self.seen is not None:
+            self.seen[token] = True
         if self.plain:
             if self.remaining <= 0:
                 self.completion = self.vocab.decode(self.generated)
@@ -75,7 +84,7 @@ class Decoding:
         char = self.vocab.tokens[token]
         if self.top_logprobs is not None:
             self.tokens.append(self._token_info(char, token, logits))
-        released = self.scanner.feed(char)
+        released = self.scanner.feed(char) if len(self.generated) > self.min_tokens else char
         if self.scanner.stopped:
             self.finish_reason = "stop"
             del self.tokens[len(self.completion) + len(released):]

@@ -48,6 +48,7 @@ class GenerateRequest:
     stops: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's and the k likeliest
     stream: bool = False
+    min_tokens: int = 0  # stop sequences count only after this many characters
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Choosing the next token from the model's scores: greedy (temperature 0) or sampled with top-k / top-p,
-after OpenAI's adjustments when they are set: ``logit_bias`` (added to a token's logit; −100 or less bans it)
-and the frequency and presence penalties over the tokens generated so far,
-``logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty``.
+after the adjustments that are set: OpenAI's ``logit_bias`` (added to a token's logit; −100 or less bans it)
+and frequency and presence penalties over the tokens generated so far,
+``logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty``; and CTRL's repetition penalty
+(as Hugging Face and vLLM define it) over every token of the prompt and the generated text,
+``logit[j] = logit[j] / r if logit[j] > 0 else logit[j] * r``. Sampling may also drop the tokens less likely
+than ``min_p`` times the likeliest one.
 
 ``<unk>`` (id 0) is never chosen.
 """
@@ -30,6 +33,8 @@ class Sampler:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); a bias ≤ -100 bans the token
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: none
+    min_p: float = 0.0  # 0: none
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -39,6 +44,10 @@ class Sampler:
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must be in [-2, 2]")
+        if not (_positive(self.repetition_penalty) and math.isfinite(self.repetition_penalty)):
+            raise ValueError("repetition_penalty must be a finite number > 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
         if not (_positive(self.top_p) and self.top_p <= 1):
             raise ValueError("top_p must be in (0, 1]")
 
@@ -49,12 +58,22 @@ class Sampler:
     @property
     def adjusts(self) -> bool:
         """Whether the logits are changed before choosing (a bias or a penalty is set)."""
-        return bool(self.logit_bias) or self.frequency_penalty != 0 or self.presence_penalty != 0
+        return (bool(self.logit_bias) or self.frequency_penalty != 0 or self.presence_penalty != 0
+                or self.repetition_penalty != 1)
 
-    def adjusted(self, logits: Tensor, counts: Tensor | None) -> Tensor:
+    @property
+    def needs_history(self) -> bool:
+        """Whether choosing depends on the tokens seen so far (a penalty)."""
+        return self.frequency_penalty != 0 or self.presence_penalty != 0 or self.repetition_penalty != 1
+
+    def adjusted(self, logits: Tensor, counts: Tensor | None, seen: Tensor | None = None) -> Tensor:
         """A float32 CPU copy of ``logits`` with the bias and the penalties applied; ``counts`` (V,) holds how
-        often each token has been generated so far."""
+        often each token has been generated so far, ``seen`` (V, bool) which tokens the prompt or the generated
+        text holds."""
         scores = logits.detach().float().cpu().clone()
+        if seen is not None and self.repetition_penalty != 1:
+            r = self.repetition_penalty
+            scores = torch.where(seen, torch.where(scores > 0, scores / r, scores * r), scores)
         if counts is not None and (self.frequency_penalty or self.presence_penalty):
             scores -= counts * self.frequency_penalty + (counts > 0).float() * self.presence_penalty
         for token, bias in self.logit_bias:
@@ -71,11 +90,12 @@ class Sampler:
             gen.manual_seed(self.seed)
         return gen
 
-    def choose(self, logits: Tensor, generator: torch.Generator | None = None, counts: Tensor | None = None) -> int:
-        """The next token id for scores ``logits`` (V,), given how often each token was generated (``counts``,
-        needed for the penalties)."""
+    def choose(self, logits: Tensor, generator: torch.Generator | None = None, counts: Tensor | None = None,
+               seen: Tensor | None = None) -> int:
+        """The next token id for scores ``logits`` (V,), given how often each token was generated (``counts``)
+        and which tokens were seen in the prompt or since (``seen``): the penalties' input."""
         if self.adjusts:
-            logits = self.adjusted(logits, counts)
+            logits = self.adjusted(logits, counts, seen)
         if self.greedy:  # the argmax, never <unk> (id 0)
             try:
                 return int(logits.numpy()[1:].argmax()) + 1  # a CPU tensor: numpy costs a sixth of torch
@@ -93,6 +113,8 @@ class Sampler:
             drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # keep the first token over top_p
             drop[0] = False  # the most likely token always stays (top_p may round to 0 in float32)
             scores[order[drop]] = -math.inf
+        if self.min_p > 0:  # p_j < min_p * p_max  ⇔  score_j < max score + log(min_p)
+            scores[scores < scores.max() + math.log(self.min_p)] = -math.inf
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -82,7 +82,8 @@ def _samplers(body: CompletionRequest, engine: EngineClient, count: int) -> list
         bias.append((int(key), float(value)))
     return [{"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
              "seed": None if body.seed is None else body.seed + i, "logit_bias": tuple(bias),
-             "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty}
+             "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty,
+             "repetition_penalty": body.repetition_penalty, "min_p": body.min_p}
             for i in range(count)]
 
 
@@ -129,7 +130,7 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         infos = await _prompt_infos(engine, prompt, k) if body.echo and k is not None else None
         generations = await engine.generate(prompt, max_tokens, samplers, stops, top, stream=body.stream,
                                             param_prefix="prompt", param_tokens="max_tokens",
-                                            receive=request.receive)
+                                            receive=request.receive, min_tokens=body.min_tokens)
         return infos, (_best(generations, body.n) if ranking else generations)
 
     for prompt in prompts:
@@ -238,7 +239,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     k = (body.top_logprobs or 0) if body.logprobs else None
     generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
                                         stream=body.stream, param_prefix="messages", param_tokens=param,
-                                        receive=request.receive)
+                                        receive=request.receive, min_tokens=body.min_tokens)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}

@@ -232,3 +232,63 @@ def test_a_bad_chat_template_setting_exits_2_with_one_line(weights_file):
     run = subprocess.run([sys.executable, "-m", "app", "--weights", weights_file], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "RNNLM_CHAT_TEMPLATE": "{content} only"})
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "RNNLM_CHAT_TEMPLATE" in run.stderr
+
+
+# -- vLLM's extras: repetition_penalty, min_p, min_tokens (in /v1/completions and /predict alike) ---------------
+def handwritten_repetition_greedy(loaded, prompt: str, n: int, r: float) -> str:
+    """CTRL / Hugging Face: every token of the prompt or the output so far has its logit divided by r when
+    positive, multiplied by r when not; then the argmax (never <unk>)."""
+    model, vocab = loaded.model, loaded.vocab
+    seen = set(vocab.encode(prompt).tolist())
+    with torch.no_grad():
+        out, state = model(vocab.encode(prompt).reshape(1, -1))
+        chosen = []
+        for _ in range(n):
+            logits = out[0, -1].tolist()
+            values = [(logits[j] / r if logits[j] > 0 else logits[j] * r) if j in seen else logits[j]
+                      for j in range(len(vocab))]
+            best = max(range(1, len(vocab)), key=lambda j: values[j])
+            chosen.append(best)
+            seen.add(best)
+            out, state = model(torch.tensor([[best]]), state)
+    return vocab.decode(chosen)
+
+
+@pytest.mark.parametrize("r", [1.3, 2.0, 0.8])
+def test_repetition_penalty_follows_ctrls_definition_in_both_apis(oai, client, loaded, r):
+    expected = handwritten_repetition_greedy(loaded, "Speak, speak", 60, r)
+    c = oai.completions.create(model="tiny", prompt="Speak, speak", max_tokens=60, temperature=0,
+                               extra_body={"repetition_penalty": r})
+    assert c.choices[0].text == expected
+    p = client.post("/predict", json={"prefix": "Speak, speak", "num_tokens": 60, "repetition_penalty": r}).json()
+    assert p["completion"] == expected
+
+
+def test_min_p_keeps_only_characters_within_its_share_of_the_likeliest(oai, loaded):
+    """Each sampled character's probability (temperature 1, as logprobs report it) is at least min_p times the
+    most likely one's; min_p = 1 leaves only the argmax: greedy."""
+    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=80, temperature=1.0, seed=5, logprobs=1,
+                               extra_body={"min_p": 0.3})
+    lp = r.choices[0].logprobs
+    for value, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert math.exp(value) >= 0.3 * math.exp(max(top.values())) - 1e-6
+    loose = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=80, temperature=1.0, seed=5, logprobs=1)
+    assert any(math.exp(v) < 0.3 * math.exp(max(t.values())) for v, t in
+               zip(loose.choices[0].logprobs.token_logprobs, loose.choices[0].logprobs.top_logprobs))
+    greedy = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=1.5, seed=5,
+                                    extra_body={"min_p": 1.0})
+    assert greedy.choices[0].text == library_greedy(loaded, "All:\n", 40)
+
+
+def test_min_tokens_ignores_stop_sequences_until_reached(oai, client, loaded):
+    full = library_greedy(loaded, "Speak", 120)
+    stop = next(c for c in full[:10] if full.count(c) >= 3)  # a character that comes early and again later
+    at = full.index(stop, 30)
+    c = oai.completions.create(model="tiny", prompt="Speak", max_tokens=120, temperature=0, stop=[stop],
+                               extra_body={"min_tokens": 30})
+    assert c.choices[0].text == full[:at] and c.choices[0].finish_reason == "stop"
+    p = client.post("/predict", json={"prefix": "Speak", "num_tokens": 120, "stop": [stop], "min_tokens": 30}).json()
+    assert p["completion"] == full[:at]
+    early = client.post("/predict", json={"prefix": "Speak", "num_tokens": 120, "stop": [stop]}).json()
+    assert early["completion"] == full[: full.index(stop)]
+    assert_error(client.post("/predict", json={"prefix": "a", "num_tokens": 5, "min_tokens": 6}), 422, "min_tokens")
