@@ -36,7 +36,7 @@ class SamplingFields(Request):
                          description="nucleus sampling: the smallest set of characters whose probability reaches top_p")
     seed: Int(ge=0, le=2**53) | None = Field(None, description="makes sampling (temperature > 0) repeatable")
     # vLLM's extras, under vLLM's names
-    repetition_penalty: float = Field(1.0, gt=0, le=100, allow_inf_nan=False, description="CTRL's penalty over "
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100, allow_inf_nan=False, description="CTRL's penalty over "
                                       "every character of the prompt and the output: a positive logit is divided "
                                       "by it, a negative one multiplied (1: none)")
     min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="sampling drops characters less "

@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = ["MIN_TEMPERATURE", "Sampler"]
 
+_LARGE = 1e30  # finite bound of an adjusted logit
 # Below this, sampling is indistinguishable from argmax and float32 division would overflow: treat as greedy.
 MIN_TEMPERATURE = 1e-4
 
@@ -74,6 +75,7 @@ class Sampler:
         if seen is not None and self.repetition_penalty != 1:
             r = self.repetition_penalty
             scores = torch.where(seen, torch.where(scores > 0, scores / r, scores * r), scores)
+            scores = scores.clamp(-_LARGE, _LARGE)  # a tiny r must not make a logit infinite (inf - inf = NaN)
         if counts is not None and (self.frequency_penalty or self.presence_penalty):
             scores -= counts * self.frequency_penalty + (counts > 0).float() * self.presence_penalty
         for token, bias in self.logit_bias:

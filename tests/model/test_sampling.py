@@ -55,3 +55,14 @@ def test_invalid_settings_are_refused(bad):
 def test_a_tiny_temperature_is_greedy_and_never_nan():
     assert Sampler(temperature=1e-300, seed=0).choose(LOGITS) == 1
     assert Sampler(temperature=1.0, top_p=5e-324, seed=0).choose(LOGITS) == 1
+
+
+def test_a_tiny_repetition_penalty_leaves_the_logits_finite_and_sampling_works():
+    """Found by schemathesis: r = 5e-324 made logits / r infinite and the softmax NaN (a 500)."""
+    logits = torch.tensor([0.0, 2.0, -1.0, 0.5, 3.0])
+    seen = torch.tensor([False, True, True, False, True])
+    for r in (5e-324, 1e-30, 0.01):
+        sampler = Sampler(temperature=1.0, repetition_penalty=r, seed=0)
+        scores = sampler.adjusted(logits, None, seen)
+        assert torch.isfinite(scores).all()
+        assert sampler.choose(logits, sampler.generator(), None, seen) in (1, 4)  # the boosted positive ones
