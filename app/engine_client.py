@@ -57,6 +57,15 @@ class Generation:
             self.tokens.extend(infos)
             yield text
 
+    def replay(self) -> None:
+        """Turn a finished (not streamed) generation into a stream of its whole text, in one piece."""
+        text, tokens = self.completion, self.tokens
+        self.completion, self.tokens = "", []
+        self.pieces = asyncio.Queue()
+        if text:
+            self.pieces.put_nowait((text, tokens))
+        self.pieces.put_nowait(_END)
+
     def finish(self, result: p.GenerationResult) -> None:
         self.cached_chars, self.unknown_chars = result.cached_chars, result.unknown_chars
         self.finish_reason = result.finish_reason
@@ -260,21 +269,21 @@ class EngineClient:
     async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
                        top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
                        param_tokens: str = "num_tokens", receive: Receive | None = None,
-                       allow_empty: bool = False, min_tokens: int = 0) -> list[Generation]:
+                       allow_empty: bool = False, min_tokens: int = 0,
+                       server_stops: list[str] = ()) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
         engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status.
-        With ``allow_empty`` an empty prefix starts from the zero state."""
+        With ``allow_empty`` an empty prefix starts from the zero state; ``server_stops`` (the chat template's
+        turn end) are added to the client's ``stops`` after their limits are checked."""
         if not prefix and not allow_empty:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
-        if min_tokens > num_tokens:
-            raise ApiError(422, f"min_tokens ({min_tokens}) must be at most {param_tokens} ({num_tokens})",
-                           "min_tokens")
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
-        body = p.GenerateRequest(prefix, num_tokens, samplers, stops, top_logprobs, stream, min_tokens)
+        body = p.GenerateRequest(prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream,
+                                 min_tokens)
         request = self._request(p.GENERATE, body, generations, stream)
         await self._wait(request, request.first if stream else request.result, receive)
         return generations

@@ -52,7 +52,10 @@ def error_response(status: int, message: str, param: str | None = None, headers:
 
 
 def _param_from_loc(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """The field at fault, as the client named it: list indices kept, pydantic's union branch tags
+    ("constrained-str", "list[int]") dropped."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")
+             and (isinstance(p, int) or str(p).isidentifier())]
     return ".".join(parts) or None
 
 

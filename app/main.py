@@ -97,6 +97,9 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
         "PredictRequest": {"num_tokens": settings.max_num_tokens, "prefix": settings.max_text_chars},
         "PerplexityRequest": {"text": settings.max_text_chars, "context": settings.max_text_chars},
         "CompletionRequest": {"max_tokens": settings.max_num_tokens, "prompt": settings.max_text_chars},
+        "ChatCompletionRequest": {"max_tokens": settings.max_num_tokens,
+                                  "max_completion_tokens": settings.max_num_tokens},
+        "TokenizeRequest": {"prompt": settings.max_text_chars},
     }
     build = app.openapi
 
@@ -121,7 +124,29 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
                         spec.setdefault("items", {})["maxLength"] = settings.max_text_chars
                     elif spec.get("type") == "string":
                         spec["maxLength"] = settings.max_text_chars
+        engine = getattr(app.state, "engine", None)
+        if engine is not None and engine.ready:
+            _document_token_ids(components, len(engine.tokens))
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi
+
+
+def _document_token_ids(components: dict, vocab_size: int) -> None:
+    """Token ids are below the vocabulary's size: in prompts, /detokenize and logit_bias's keys."""
+    def bound(spec: dict) -> None:
+        if spec.get("type") == "integer":
+            spec["maximum"] = vocab_size - 1
+        for key in ("items", "anyOf"):
+            inner = spec.get(key)
+            for part in inner if isinstance(inner, list) else [inner] if inner else []:
+                bound(part)
+
+    for model, name in [("CompletionRequest", "prompt"), ("DetokenizeRequest", "tokens")]:
+        bound(components.get(model, {}).get("properties", {}).get(name, {}))
+    for model in ("CompletionRequest", "ChatCompletionRequest"):
+        bias = components.get(model, {}).get("properties", {}).get("logit_bias", {})
+        for spec in bias.get("anyOf", [bias]):
+            if spec.get("type") == "object":
+                spec["propertyNames"] = {"enum": [str(i) for i in range(vocab_size)]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "CompletionChoice", "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "ErrorBody", "ModelCard",
@@ -18,6 +18,16 @@ __all__ = [
 
 def _whole_float_to_int(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Refused(description: str, schema: dict | None = None):  # noqa: N802 - used as a type
+    """A standard field this server does not support: any value is read, and the route answers a 400
+    (``unsupported_parameter``) for one it cannot honour; the schema states only the values it accepts."""
+    return Annotated[object, WithJsonSchema({**(schema or {"type": "null"}), "description": description})]
+
+
+Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 def Int(**bounds):  # noqa: N802 - used as a type
@@ -70,6 +80,11 @@ class PredictResponse(BaseModel):
 
 
 class PerplexityRequest(Request):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"properties": {"text": {"minLength": 2}}},
+        {"properties": {"context": {"type": "string", "minLength": 1}}, "required": ["context"]}],
+        "description": "text needs 2 characters, or 1 after a non-empty context"})
+
     text: str = Field(..., min_length=1, description="text to score", examples=["To be, or not to be"])
     context: str | None = Field(None, description="text read before `text` only to warm the state; not scored")
     token_logprobs: bool = Field(False, description="also return each scored character and its log-probability")
@@ -94,10 +109,11 @@ class CompletionRequest(SamplingFields):
     """Every field of OpenAI's completions API; ``suffix`` is answered with a 400 (not supported)."""
 
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
-    prompt: str | list[str] | list[Int(ge=0)] | list[list[Int(ge=0)]] = Field(
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Int(ge=0)], Field(min_length=1)] | \
+        Annotated[list[Annotated[list[Int(ge=0)], Field(min_length=1)]], Field(min_length=1)] = Field(
         ..., description="text to continue; or a list of texts, a list of token ids, or a list of token-id lists "
         "(one token = one character, ids as /tokenize gives them)", examples=["ROMEO:"])
-    suffix: str | None = Field(None, description="not supported: a 400")
+    suffix: Refused("not supported: any value but null is a 400") = None
     max_tokens: Int(ge=0) | None = Field(16, description="characters to generate; at most max_num_tokens")
     temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0: greedy")
     stop: str | list[str] | None = None
@@ -109,8 +125,8 @@ class CompletionRequest(SamplingFields):
     n: Int(ge=1, le=16) = Field(1, description="completions per prompt")
     best_of: Int(ge=1, le=16) | None = Field(None, description="generate this many per prompt (≥ n) and return "
                                             "the n with the highest mean log-probability")
-    logit_bias: dict[str, float] | None = Field(None, description="token id → bias in [-100, 100] added to its "
-                                                "logit before choosing; -100 bans the token")
+    logit_bias: dict[str, Bias] | None = Field(None, description="token id → bias in [-100, 100] added to its "
+                                               "logit before choosing; -100 bans the token")
     user: str | None = Field(None, description="accepted and ignored (logged nowhere)")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False,
                                      description="subtracted from a token's logit once per time it was generated")
@@ -178,6 +194,11 @@ class ModelList(BaseModel):
 
 
 class TokenizeRequest(Request):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}, "required": ["prompt"]},
+        {"properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}, "required": ["messages"]}],
+        "description": "either prompt or messages"})
+
     model: str | None = None
     prompt: str | None = Field(None, description="text to split into token ids (one per character)")
     messages: list["ChatMessage"] | None = Field(None, description="or chat messages, rendered by the chat template "
@@ -226,16 +247,18 @@ class ChatCompletionRequest(SamplingFields):
     stream_options: StreamOptions | None = None
     logprobs: bool = False
     top_logprobs: Int(ge=0, le=20) | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Bias] | None = None
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     user: str | None = None
     store: bool | None = Field(None, description="accepted and ignored: nothing is stored")
     metadata: dict[str, str] | None = Field(None, description="accepted and ignored")
     parallel_tool_calls: bool | None = Field(None, description="accepted and ignored (no tools)")
-    tools: list[dict] | None = Field(None, description="not supported: a 400")
-    tool_choice: str | dict | None = Field(None, description="not supported unless 'none'")
-    response_format: dict | None = Field(None, description="only {'type': 'text'}")
+    tools: Refused("not supported: a non-empty list is a 400",
+                   {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}) = None
+    tool_choice: Refused("only 'none': anything else is a 400", {"anyOf": [{"const": "none"}, {"type": "null"}]}) = None
+    response_format: Refused("only {'type': 'text'}: anything else is a 400", {"anyOf": [
+        {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}, {"type": "null"}]}) = None
 
 
 TokenizeRequest.model_rebuild()

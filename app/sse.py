@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -11,7 +12,7 @@ from starlette.responses import StreamingResponse
 from app.engine_client import Generation
 from app.errors import ApiError, error_body
 
-__all__ = ["event", "stream_generation"]
+__all__ = ["event", "stream_choices", "stream_generation"]
 
 logger = logging.getLogger("rnnlm")
 
@@ -23,17 +24,42 @@ def event(data: dict | str, name: str | None = None) -> str:
 
 def stream_generation(generation: Generation, on_piece: Callable[[str], str],
                       on_end: Callable[[Generation], list[str]], first: list[str] = ()) -> StreamingResponse:
-    """The events ``first``, then ``on_piece(piece)`` for each released piece of text, then the events
-    ``on_end`` gives. If the client goes away first, the generation is cancelled."""
+    """One generation's events: ``first``, then ``on_piece(piece)`` for each released piece of text, then the
+    events ``on_end`` gives. If the client goes away first, the generation is cancelled."""
+    return stream_choices([generation], lambda _, piece: on_piece(piece), lambda: on_end(generation), first)
+
+
+def stream_choices(generations: list[Generation], on_piece: Callable[[int, str], str],
+                   on_end: Callable[[], list[str]], first: list[str] = ()) -> StreamingResponse:
+    """Several generations in one stream (OpenAI's choices): ``first``, then ``on_piece(index, piece)`` for each
+    piece as it arrives from any of them, then ``on_end()``'s events once all have ended. If the client goes
+    away first, every generation is cancelled."""
+
+    async def pump(index: int, generation: Generation, queue: asyncio.Queue) -> None:
+        try:
+            async for piece in generation.stream():
+                queue.put_nowait((index, piece, None))
+            queue.put_nowait((index, None, None))
+        except Exception as e:  # handed to the response, which reports it as an event
+            queue.put_nowait((index, None, e))
 
     async def body() -> AsyncIterator[str]:
         finished = False
+        queue: asyncio.Queue = asyncio.Queue()
+        pumps = [asyncio.ensure_future(pump(i, g, queue)) for i, g in enumerate(generations)]
         try:
             for event_text in first:
                 yield event_text
-            async for piece in generation.stream():
-                yield on_piece(piece)
-            for end in on_end(generation):
+            running = len(generations)
+            while running:
+                index, piece, error = await queue.get()
+                if error is not None:
+                    raise error
+                if piece is None:
+                    running -= 1
+                else:
+                    yield on_piece(index, piece)
+            for end in on_end():
                 yield end
             finished = True
         except ApiError as e:  # the status line has gone: report the failure as an event (the engine died, say)
@@ -45,7 +71,10 @@ def stream_generation(generation: Generation, on_piece: Callable[[str], str],
         finally:
             if not finished:
                 logger.info("client went away mid-stream: generation cancelled")
-            generation.cancel()  # a no-op once it has finished
+            for task in pumps:
+                task.cancel()
+            for g in generations:
+                g.cancel()  # a no-op once it has finished
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

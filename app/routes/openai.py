@@ -16,7 +16,7 @@ from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import (ChatCompletionRequest, CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
                          ModelList, PromptTokensDetails, Usage)
-from app.sse import event, stream_generation
+from app.sse import event, stream_choices
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 STARTED = int(time.time())
@@ -107,16 +107,10 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
     if body.suffix is not None:
         raise ApiError(400, "suffix is not supported by this model", "suffix", kind="unsupported_parameter")
-    if body.stream_options is not None and not body.stream:
-        raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
     prompts = _prompts(body, engine)
     if any(not prompt for prompt in prompts):
         raise ApiError(422, "prompt must contain at least one character", "prompt")
-    best_of = body.best_of or body.n
-    if best_of < body.n:
-        raise ApiError(422, f"best_of ({best_of}) must be at least n ({body.n})", "best_of")
-    if body.stream and len(prompts) * best_of > 1:
-        raise ApiError(422, "stream supports one prompt with n = 1 (and no best_of > 1)", "n")
+    best_of = max(body.best_of or body.n, body.n)  # best_of below n: the n themselves
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     k = body.logprobs
@@ -128,8 +122,9 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
 
     async def one(prompt: str):
         infos = await _prompt_infos(engine, prompt, k) if body.echo and k is not None else None
-        generations = await engine.generate(prompt, max_tokens, samplers, stops, top, stream=body.stream,
-                                            param_prefix="prompt", param_tokens="max_tokens",
+        generations = await engine.generate(prompt, max_tokens, samplers, stops, top,
+                                            stream=body.stream and not ranking, param_prefix="prompt",
+                                            param_tokens="max_tokens",
                                             receive=request.receive, min_tokens=body.min_tokens)
         return infos, (_best(generations, body.n) if ranking else generations)
 
@@ -138,33 +133,37 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
     results = await asyncio.gather(*(one(prompt) for prompt in prompts))
 
     if body.stream:
-        ((prompt_infos, (generation,)),) = results
-        prompt = prompts[0]
-        sent = 0
+        # every choice in one stream, by index (best_of ranks finished generations: each then comes whole)
+        streamed = [(prompt, infos, g) for prompt, (infos, gs) in zip(prompts, results) for g in gs]
+        if ranking:
+            for _, _, g in streamed:
+                g.replay()
+        sent = [0] * len(streamed)
 
-        def chunk(text: str, finish: str | None, infos=None, offset=0) -> str:
+        def chunk(index: int, text: str, finish: str | None, infos=None, offset=0) -> str:
             lp = _logprobs(infos, offset).model_dump() if infos is not None else None
             return event({"id": request_id, "object": "text_completion", "created": created, "model": model_id,
-                          "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]})
+                          "choices": [{"text": text, "index": index, "logprobs": lp, "finish_reason": finish}]})
 
-        def on_piece(piece: str) -> str:
-            nonlocal sent
-            infos = generation.tokens[sent : sent + len(piece)] if k is not None else None
-            out = chunk(piece, None, infos, len(prompt) * body.echo + sent)
-            sent += len(piece)
+        def on_piece(index: int, piece: str) -> str:
+            prompt, _, g = streamed[index]
+            infos = g.tokens[sent[index] : sent[index] + len(piece)] if k is not None else None
+            out = chunk(index, piece, None, infos, len(prompt) * body.echo + sent[index])
+            sent[index] += len(piece)
             return out
 
-        def on_end(g: Generation) -> list[str]:
-            metrics.tokens_generated.inc(g.num_tokens)
-            end = [chunk("", g.finish_reason)]
+        def on_end() -> list[str]:
+            gs = [g for _, _, g in streamed]
+            metrics.tokens_generated.inc(sum(g.num_tokens for g in gs))
+            end = [chunk(i, "", g.finish_reason) for i, g in enumerate(gs)]
             if body.stream_options is not None and body.stream_options.include_usage:
-                usage = _usage(prompts, [g], g.cached_chars).model_dump()
+                usage = _usage(prompts, gs, sum(r[1][0].cached_chars for r in results if r[1])).model_dump()
                 end.append(event({"id": request_id, "object": "text_completion", "created": created,
                                   "model": model_id, "choices": [], "usage": usage}))
             return [*end, event("[DONE]")]
 
-        first = [chunk(prompt, None, prompt_infos, 0)] if body.echo else []
-        return stream_generation(generation, on_piece, on_end, first)
+        first = [chunk(i, prompt, None, infos, 0) for i, (prompt, infos, _) in enumerate(streamed)] if body.echo else []
+        return stream_choices([g for _, _, g in streamed], on_piece, on_end, first)
 
     choices, generated = [], []
     for prompt, (prompt_infos, generations) in zip(prompts, results):
@@ -216,58 +215,57 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     model_id = engine.settings.model_id
     if body.model not in (None, model_id):
         raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
-    if body.tools:
+    if body.tools not in (None, []):
         raise ApiError(400, "tools are not supported by this model", "tools", kind="unsupported_parameter")
     if body.tool_choice not in (None, "none"):
         raise ApiError(400, "tool_choice is not supported by this model", "tool_choice", kind="unsupported_parameter")
-    if body.response_format is not None and body.response_format.get("type") != "text":
+    if body.response_format is not None and body.response_format != {"type": "text"}:
         raise ApiError(400, "only response_format {'type': 'text'} is supported", "response_format",
                        kind="unsupported_parameter")
-    if body.stream_options is not None and not body.stream:
-        raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
-    if body.stream and body.n > 1:
-        raise ApiError(422, "stream supports n = 1 only", "n")
     template = request.app.state.chat_template
     prompt = render_messages(body.messages, template)
     limit = engine.settings.max_num_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        if getattr(body, name) is not None:
+            engine.check_tokens(getattr(body, name), name)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if max_tokens is None:
         max_tokens = min(100, limit)
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    stops = [*stops, template.turn_end] if template.turn_end else stops
     k = (body.top_logprobs or 0) if body.logprobs else None
     generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
                                         stream=body.stream, param_prefix="messages", param_tokens=param,
-                                        receive=request.receive, min_tokens=body.min_tokens)
+                                        receive=request.receive, min_tokens=body.min_tokens,
+                                        server_stops=[template.turn_end] if template.turn_end else [])
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
 
     if body.stream:
-        (generation,) = generations
-        sent = 0
+        sent = [0] * len(generations)
 
-        def chunk(delta: dict, finish: str | None = None, infos=None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": _chat_logprobs(infos) if infos is not None else None,
-                      "finish_reason": finish}
+        def chunk(index: int, delta: dict, finish: str | None = None, infos=None) -> str:
+            choice = {"index": index, "delta": delta, "finish_reason": finish,
+                      "logprobs": _chat_logprobs(infos) if infos is not None else None}
             return event({**head, "choices": [choice]})
 
-        def on_piece(piece: str) -> str:
-            nonlocal sent
-            infos = generation.tokens[sent : sent + len(piece)] if k is not None else None
-            sent += len(piece)
-            return chunk({"content": piece}, None, infos)
+        def on_piece(index: int, piece: str) -> str:
+            g = generations[index]
+            infos = g.tokens[sent[index] : sent[index] + len(piece)] if k is not None else None
+            sent[index] += len(piece)
+            return chunk(index, {"content": piece}, None, infos)
 
-        def on_end(g: Generation) -> list[str]:
-            metrics.tokens_generated.inc(g.num_tokens)
-            end = [chunk({}, g.finish_reason)]
+        def on_end() -> list[str]:
+            metrics.tokens_generated.inc(sum(g.num_tokens for g in generations))
+            end = [chunk(i, {}, g.finish_reason) for i, g in enumerate(generations)]
             if body.stream_options is not None and body.stream_options.include_usage:
-                usage = _usage([prompt], [g], g.cached_chars).model_dump()
+                usage = _usage([prompt], generations, generations[0].cached_chars).model_dump()
                 end.append(event({**head, "choices": [], "usage": usage}))
             return [*end, event("[DONE]")]
 
-        return stream_generation(generation, on_piece, on_end, [chunk({"role": "assistant", "content": ""})])
+        opening = [chunk(i, {"role": "assistant", "content": ""}) for i in range(len(generations))]
+        return stream_choices(generations, on_piece, on_end, opening)
 
     usage = _usage([prompt], generations, generations[0].cached_chars)
     metrics.tokens_generated.inc(usage.completion_tokens)

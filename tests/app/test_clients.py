@@ -132,8 +132,8 @@ def test_best_of_returns_the_samples_with_the_highest_mean_logprob(oai):
     expected = sorted(sorted(range(4), key=lambda i: -means[i])[:2])
     assert [c.text for c in best.choices] == [every.choices[i].text for i in expected]
     assert [c.index for c in best.choices] == [0, 1] and best.choices[0].logprobs is None
-    with pytest.raises(openai.UnprocessableEntityError):
-        oai.completions.create(n=3, best_of=2, **args)
+    assert [c.text for c in oai.completions.create(n=3, best_of=2, **args).choices] == [
+        c.text for c in oai.completions.create(n=3, **args).choices]  # best_of below n: the n themselves
 
 
 def test_tokenize_detokenize_and_tokenizer_info(client, loaded):
@@ -291,4 +291,35 @@ def test_min_tokens_ignores_stop_sequences_until_reached(oai, client, loaded):
     assert p["completion"] == full[:at]
     early = client.post("/predict", json={"prefix": "Speak", "num_tokens": 120, "stop": [stop]}).json()
     assert early["completion"] == full[: full.index(stop)]
-    assert_error(client.post("/predict", json={"prefix": "a", "num_tokens": 5, "min_tokens": 6}), 422, "min_tokens")
+    beyond = client.post("/predict", json={"prefix": "Speak", "num_tokens": 120, "stop": [stop], "min_tokens": 500})
+    assert beyond.json()["completion"] == full and beyond.json()["finish_reason"] == "length"  # never checked
+
+
+def test_several_prompts_and_choices_stream_together_by_index(oai, loaded):
+    prompts = ["All:\n", "First"]
+    chunks = list(oai.completions.create(model="tiny", prompt=prompts, max_tokens=25, temperature=0, n=2,
+                                         stream=True, stream_options={"include_usage": True}))
+    texts = {}
+    for c in chunks[:-1]:
+        (choice,) = c.choices
+        texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {i: library_greedy(loaded, prompts[i // 2], 25) for i in range(4)}
+    assert chunks[-1].usage.completion_tokens == 4 * 25
+    chat = list(oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "All:"}], n=2,
+                                            max_tokens=30, temperature=0, stream=True))
+    replies = {}
+    for c in chat:
+        for choice in c.choices:
+            replies[choice.index] = replies.get(choice.index, "") + (choice.delta.content or "")
+    expected = reply(loaded, rendered([("user", "All:")]), 30)[0]
+    assert replies == {0: expected, 1: expected}
+
+
+def test_best_of_with_stream_sends_the_ranked_choices(oai):
+    args = dict(model="tiny", prompt="All:\n", max_tokens=30, temperature=1.0, seed=11, n=2, best_of=4)
+    plain = oai.completions.create(**args)
+    texts = {}
+    for c in oai.completions.create(stream=True, **args):
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {0: plain.choices[0].text, 1: plain.choices[1].text}
