@@ -1,7 +1,10 @@
 """The tokenizer endpoints in vLLM's shape: POST /tokenize, POST /detokenize, GET /tokenizer_info.
 
 One token is one character of the model's vocabulary (id 0, ``<unk>``, for every other character; as text it is
-U+FFFD, see app/tokens.py). A character model has no end-of-text or beginning-of-text token: both are null.
+U+FFFD, see app/tokens.py). A character model has no end-of-text token (``eos_token`` is null). As the
+beginning-of-text token it names the newline, where texts of the shipped corpus begin: lm-evaluation-harness
+prepends it to empty contexts, so its rolling log-likelihood of a text is exactly ``/perplexity`` of that text
+after ``context: "\n"`` (every character scored). Without a newline in the vocabulary, ``bos_token`` is null.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from app.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, 
 from app.tokens import UNKNOWN_TEXT
 
 router = APIRouter(tags=["tokenizer"])
+BOS = "\n"
 
 
 def _check_model(engine: EngineClient, model: str | None) -> None:
@@ -56,4 +60,4 @@ async def tokenizer_info(engine: EngineClient = Depends(get_engine)) -> dict:
     vocab = engine.tokens.vocab
     return {"model": engine.settings.model_id, "tokenizer_class": "character", "vocab_size": len(vocab),
             "vocab": vocab, "unk_token": vocab[0], "unk_token_id": 0, "unk_token_text": UNKNOWN_TEXT,
-            "bos_token": None, "eos_token": None, "pad_token": None, "max_model_len": engine.settings.max_text_chars}
+            "bos_token": BOS if BOS in vocab[1:] else None, "eos_token": None, "pad_token": None, "max_model_len": engine.settings.max_text_chars}

@@ -139,7 +139,7 @@ def test_best_of_returns_the_samples_with_the_highest_mean_logprob(oai):
 def test_tokenize_detokenize_and_tokenizer_info(client, loaded):
     info = client.get("/tokenizer_info").json()
     assert info["vocab"] == loaded.vocab.tokens and info["vocab_size"] == len(loaded.vocab)
-    assert info["eos_token"] is None and info["bos_token"] is None
+    assert info["eos_token"] is None and info["bos_token"] == "\n"  # the newline is in the tiny vocabulary
     text = "Speak, speak — ☃"  # two characters outside the vocabulary
     r = client.post("/tokenize", json={"prompt": text}).json()
     assert r["tokens"] == loaded.vocab.encode(text).tolist() and r["count"] == len(text)
@@ -323,3 +323,97 @@ def test_best_of_with_stream_sends_the_ranked_choices(oai):
         for choice in c.choices:
             texts[choice.index] = texts.get(choice.index, "") + choice.text
     assert texts == {0: plain.choices[0].text, 1: plain.choices[1].text}
+
+
+# -- lm-evaluation-harness -------------------------------------------------------------------------------------
+LM_EVAL_TASK = """task: rnnlm_local_{kind}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: {output}
+doc_to_text: "{text}"
+doc_to_target: "{target}"
+{extra}
+"""
+
+
+def run_lm_eval(tmp_path, base: str, model: str, model_args: str, kind: str, output: str, text: str, target: str,
+                extra: str, docs: list[dict]) -> list[dict]:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / f"{kind}.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / f"tasks-{kind}"
+    tasks.mkdir()
+    (tasks / f"{kind}.yaml").write_text(LM_EVAL_TASK.format(kind=kind, data=data, output=output, text=text,
+                                                            target=target, extra=extra))
+    out = tmp_path / f"out-{kind}"
+    run = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--model_args", model_args,
+                          "--tasks", f"rnnlm_local_{kind}", "--include_path", str(tasks), "--log_samples",
+                          "--output_path", str(out), "--batch_size", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    (samples,) = list(out.rglob("samples_*.jsonl"))
+    return [json.loads(line) for line in samples.read_text().splitlines()]
+
+
+def test_lm_eval_rolling_loglikelihood_equals_perplexity_after_the_bos_newline(weights_file, tmp_path):
+    """`lm_eval --model local-completions` with the remote tokenizer: token-id prompts, /tokenizer_info,
+    /tokenize and /detokenize; every rolling log-likelihood is -nll × num_scored of /perplexity after "\\n"."""
+    texts = ["First Citizen:\nBefore we proceed any further, hear me speak.",
+             "All:\nSpeak, speak.", "You are all resolved rather to die than to famish?"]
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        args = f"model=tiny,base_url={base}/v1/completions,tokenizer_backend=remote,tokenized_requests=True"
+        samples = run_lm_eval(tmp_path, base, "local-completions", args, "rolling", "loglikelihood_rolling", "",
+                              "{{text}}", "metric_list:\n  - metric: word_perplexity", [{"text": t} for t in texts])
+        import httpx
+
+        for sample in samples:
+            text = sample["doc"]["text"]
+            ppl = httpx.post(f"{base}/perplexity", json={"text": text, "context": "\n"}).json()
+            assert ppl["num_scored"] == len(text)
+            assert float(sample["filtered_resps"][0]) == pytest.approx(-ppl["nll"] * ppl["num_scored"], abs=1e-4)
+        assert len(samples) == len(texts)
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize("model", ["local-completions", "gguf"])
+def test_lm_eval_generations_and_loglikelihoods_equal_the_servers_own(weights_file, tmp_path, loaded, model):
+    """generate_until gives greedy /predict (cut at its stop); a loglikelihood of a target after a context is
+    /perplexity's for the same text and context."""
+    import httpx
+
+    docs = [{"prompt": "All:\n", "target": "Speak"}, {"prompt": "First Citizen:\n", "target": "Before we"}]
+    base, proc = start_server(weights_file, tmp_path / "server.log")
+    try:
+        args = (f"model=tiny,base_url={base}/v1/completions,tokenizer_backend=remote,tokenized_requests=True"
+                if model == "local-completions" else f"base_url={base}")
+        gen = 'generation_kwargs:\n  until: ["\\n\\n"]\n  max_gen_toks: 30\n  do_sample: false\n' \
+              "metric_list:\n  - metric: exact_match"
+        for sample in run_lm_eval(tmp_path, base, model, args, "gen", "generate_until", "{{prompt}}", "{{target}}",
+                                  gen, docs):
+            # local-completions asks for max_gen_toks; gguf sends no max_tokens (OpenAI's default: 16) and strips
+            full = library_greedy(loaded, sample["doc"]["prompt"], 30 if model == "local-completions" else 16)
+            expected = full.split("\n\n")[0]
+            assert sample["filtered_resps"][0] == (expected if model == "local-completions" else expected.strip())
+        for sample in run_lm_eval(tmp_path, base, model, args, "ll", "loglikelihood", "{{prompt}}", "{{target}}",
+                                  "metric_list:\n  - metric: acc", docs):
+            doc = sample["doc"]
+            context, continuation = doc["prompt"], doc["target"]
+            if model == "local-completions":  # lm-eval moves a context's trailing whitespace to the continuation
+                stripped = context.rstrip()
+                context, continuation = stripped, context[len(stripped) :] + continuation
+            ppl = httpx.post(f"{base}/perplexity", json={"text": continuation, "context": context}).json()
+            value = sample["filtered_resps"][0]
+            value = float(value[0] if isinstance(value, list) else value)
+            assert value == pytest.approx(-ppl["nll"] * ppl["num_scored"], abs=1e-4)
+    finally:
+        stop_server(proc)
