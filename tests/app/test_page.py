@@ -1,5 +1,7 @@
 """The browser page, in a real browser: Debian's Chromium driven by Playwright against the real server."""
 
+import json
+import math
 from pathlib import Path
 
 import httpx
@@ -45,6 +47,26 @@ def test_page_generates_scores_and_shows_errors(server, page):
     expect(completion).to_have_attribute("data-done", "true")
     expected = httpx.post(base + "/predict", json={"prefix": "First Citizen:\n", "num_tokens": 60}).json()
     assert completion.text_content() == expected["completion"]
+    # each character's alternatives on hover: the API's top log-probabilities, as percentages
+    first = page.locator("#completion span").first
+    top = httpx.post(base + "/v1/completions", json={"prompt": "First Citizen:\n", "max_tokens": 1,
+                                                     "temperature": 0, "logprobs": 5}).json()
+    best, value = next(iter(top["choices"][0]["logprobs"]["top_logprobs"][0].items()))
+    assert first.get_attribute("title").splitlines()[0] == f"{json.dumps(best)}: {math.exp(value) * 100:.1f} %"
+
+    # the sampling controls reach the server: seeded sampling with top-k, a penalty and a stop sequence
+    page.locator("summary").click()
+    page.get_by_label("Temperature").fill("0.9")
+    page.get_by_label("Seed").fill("7")
+    page.get_by_label("Top k").fill("5")
+    page.get_by_label("Presence penalty").fill("0.5")
+    page.get_by_label("Stop sequences (one per line; \\n for a newline)").fill("\\n\\n")
+    page.get_by_role("button", name="Generate").click()
+    expect(completion).to_have_attribute("data-done", "true")
+    sampled = httpx.post(base + "/v1/completions", json={
+        "prompt": "First Citizen:\n", "max_tokens": 60, "temperature": 0.9, "seed": 7, "top_k": 5,
+        "presence_penalty": 0.5, "stop": ["\n\n"]}).json()
+    assert completion.text_content() == sampled["choices"][0]["text"]
 
     text = "Before we proceed any further, hear me speak."
     page.get_by_label("Text to score").fill(text)
