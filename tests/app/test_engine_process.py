@@ -108,9 +108,10 @@ def test_killing_the_engine_ends_every_request_at_once_and_it_comes_back(weights
 
 def test_sigterm_drains_finishes_requests_in_flight_refuses_new_ones_and_exits_0(weights_file, tmp_path):
     loaded = load_weights(weights_file)
-    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000")
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000",
+                              RNNLM_DRAIN_SECONDS="120")
     engine = engine_pid(base)
-    n = 60_000  # long enough to be in flight when the signal comes
+    n = 300_000  # seconds of work: still in flight when the signal and the new request come, on any machine
 
     async def run():
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
@@ -129,7 +130,7 @@ def test_sigterm_drains_finishes_requests_in_flight_refuses_new_ones_and_exits_0
     assert_error(refused, 503)
     assert refused.headers["retry-after"] == "1"
     assert_error(ready, 503)
-    assert proc.wait(timeout=20) == 0
+    assert proc.wait(timeout=60) == 0
     stop_server(proc)
     wait_for(lambda: gone(engine), 10, "the engine stops with the server")
     assert "Traceback" not in (tmp_path / "server.log").read_text()
