@@ -43,7 +43,6 @@ __all__ = ["EngineCore", "StartupError", "main"]
 logger = logging.getLogger("rnnlm.engine")
 
 SERVICE_EVERY_S = 0.0005  # a lone generating sequence looks for new requests this often
-DRAIN_SECONDS = 10.0  # SIGTERM: running work gets this long to finish
 
 
 class StartupError(Exception):
@@ -91,12 +90,11 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def step_flops(cfg) -> float:
+def step_flops(model) -> float:
     """Floating-point operations of one row of a decoding step: each layer's recurrent product (and, above the
-    first, its input product), then the output head."""
-    width = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell] * cfg.hidden_size
-    products = (2 * cfg.num_layers - 1) * cfg.hidden_size * width + cfg.hidden_size * cfg.vocab_size
-    return 2.0 * products
+    first, its input product — the first layer's is a row lookup), then the output head."""
+    products = sum(layer.w_hh.numel() + (layer.w_xh.numel() if i else 0) for i, layer in enumerate(model.layers))
+    return 2.0 * (products + model.w_y.numel())
 
 
 class EngineCore:
@@ -111,7 +109,7 @@ class EngineCore:
             raise StartupError(str(e)) from None
         self.model = self.loaded.model
         self.vocab = self.loaded.vocab
-        self.blas = BlasThreads(self.blas_threads, step_flops(self.model.config))
+        self.blas = BlasThreads(self.blas_threads, step_flops(self.model))
         self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
                       if settings.prefix_cache_entries > 0 else None)
         if settings.batching:
@@ -138,12 +136,10 @@ class EngineCore:
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
-        self._lifeline = None
 
     # -- the loop -------------------------------------------------------------------------------------------
     def serve(self, lifeline) -> None:
         """Run until the supervisor goes (``lifeline`` readable) or a SIGTERM drain ends."""
-        self._lifeline = lifeline
         self.selector.register(lifeline.fileno(), selectors.EVENT_READ, "lifeline")
         while True:
             if not self._poll(0 if self.scheduler.busy else 1.0):
@@ -236,7 +232,7 @@ class EngineCore:
     def _drained(self) -> bool:
         if not self.scheduler.busy:
             return True
-        if time.monotonic() - self._draining_since > DRAIN_SECONDS:
+        if time.monotonic() - self._draining_since > self.settings.drain_seconds:
             self.scheduler.fail_all(_Refused(503, "the engine is shutting down"), pending=True)
             self._send(time.perf_counter())
             return True
@@ -250,14 +246,11 @@ class EngineCore:
             return False
         self._next_service = now + SERVICE_EVERY_S
         before = self._submitted
-        self._receive()
+        self._poll(0)
         self._send(now)
         return self._submitted != before
 
     # -- incoming -------------------------------------------------------------------------------------------
-    def _receive(self) -> None:
-        self._poll(0)
-
     def _handle(self, client: _Connection, kind: str, rid: int, payload) -> None:
         if kind == p.HELLO:
             self._post(client, (p.READY, rid, self.describe()))

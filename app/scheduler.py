@@ -393,7 +393,9 @@ class OneAtATime:
                 self.cache.put(d.text_read, decoder.state, step_logits.clone())
 
     def fail_all(self, error: BaseException, pending: bool = False) -> None:
-        jobs = list(self._pending) if pending else []
-        self._pending.clear()
+        """Between jobs nothing runs: with ``pending``, end every queued job with ``error``."""
+        if not pending:
+            return
+        jobs, self._pending = list(self._pending), deque()
         for job in jobs:
             job.on_done(None, error)

@@ -49,7 +49,7 @@ class EngineSupervisor:
         self._conn = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.restarts = 0
+        self._started_at = 0.0  # when the running engine became ready
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +75,7 @@ class EngineSupervisor:
             except EOFError:
                 pass
         if message is not None and message[0] == "ready":
-            self.process, self._conn = process, ours
+            self.process, self._conn, self._started_at = process, ours, time.monotonic()
             return
         process.join(5)
         if process.is_alive():
@@ -96,20 +96,18 @@ class EngineSupervisor:
             logger.warning("the engine process (pid %s) exited with code %s; restarting it",
                            self.process.pid, self.process.exitcode)
             self._conn.close()
-            started = time.monotonic()
+            if time.monotonic() - self._started_at > 60:  # it had been running for a while: a fresh backoff
+                backoff = RESTART_BACKOFF_S[0]
             while not self._stopping.is_set():
                 if self._stopping.wait(backoff):
                     return
                 try:
                     self._spawn()
-                    self.restarts += 1
                     logger.warning("the engine is back (pid %s)", self.process.pid)
                     break
                 except EngineStartError as e:
                     logger.error("the engine could not restart: %s", e)
-                    backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
-            if time.monotonic() - started > 60:  # it had been running for a while: a fresh start's backoff
-                backoff = RESTART_BACKOFF_S[0]
+                backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the engine (closing its pipe ends it) and remove its socket's directory."""
