@@ -118,7 +118,6 @@ class EngineClient:
         self.engine: dict = {}  # the engine's description (READY): config, vocab, pid, …
         self.tokens = CharTokens(["<unk>"])  # the engine's characters as token ids, once it has answered
         self._task: asyncio.Task | None = None
-        self.disconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, timeout: float = 120.0) -> None:
@@ -151,7 +150,6 @@ class EngineClient:
             self._send(p.HELLO, 0, None)
             await protocol.lost
             self._transport = None
-            self.disconnects += 1
             if self.ready:
                 logger.warning("lost the engine; %d requests in flight end with 503", len(self._pending))
             self._ready.clear()
@@ -208,8 +206,7 @@ class EngineClient:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         self._transport.write(p.frame([(kind, rid, payload)]))
 
-    def _request(self, kind: str, payload, generations: list[Generation] = (),
-                       stream: bool = False) -> _Pending:
+    def _request(self, kind: str, payload, generations: list[Generation] = (), stream: bool = False) -> _Pending:
         if not self.ready:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
@@ -240,15 +237,20 @@ class EngineClient:
                 if not future.done():
                     raise ApiError(499, "the client closed the connection")
             return await asyncio.shield(future)
-        except (asyncio.CancelledError, ApiError) as e:
-            if not future.done() or isinstance(e, asyncio.CancelledError):
-                self._cancel(request.rid)
+        except (asyncio.CancelledError, ApiError):
+            self._cancel(request.rid)  # a no-op once the engine has answered
             raise
         finally:
             if watcher is not None:
                 watcher.cancel()
 
     # -- limits ---------------------------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        """A request may name the served model (its weight file's stem) or none."""
+        if model not in (None, self.settings.model_id):
+            raise ApiError(404, f"model {model!r} not found; this server serves {self.settings.model_id!r}",
+                           "model")
+
     def check_chars(self, value: str | None, param: str) -> None:
         if value is not None and len(value) > self.settings.max_text_chars:
             raise ApiError(422, f"{param} has {len(value):,} characters; the limit is "
@@ -309,10 +311,6 @@ class EngineClient:
             return await asyncio.wait_for(self._wait(request, request.result), 5)
         except (ApiError, asyncio.TimeoutError):
             return {}
-
-    @property
-    def vocab(self) -> list[str]:
-        return self.engine.get("vocab", [])
 
 
 async def _disconnect(receive: Receive) -> None:

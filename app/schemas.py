@@ -53,6 +53,12 @@ class SamplingFields(Request):
                          "likely than min_p times the likeliest (0: none)")
     min_tokens: Int(ge=0) = Field(0, description="stop sequences count only after this many characters")
 
+    def sampler(self, index: int = 0, **more) -> dict:
+        """model.sampling.Sampler's fields for this request's ``index``-th sample (its seed + index)."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "seed": None if self.seed is None else self.seed + index,
+                "repetition_penalty": self.repetition_penalty, "min_p": self.min_p, **more}
+
 
 class PredictRequest(SamplingFields):
     prefix: str = Field(..., description="text that warms the latent state; generation continues it (empty: "

@@ -14,8 +14,8 @@ from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation, TokenInfo
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.schemas import (ChatCompletionRequest, CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ModelCard,
-                         ModelList, PromptTokensDetails, Usage)
+from app.schemas import (ChatCompletionRequest, CompletionChoice, CompletionLogprobs, CompletionRequest,
+                         CompletionResponse, ModelCard, ModelList, PromptTokensDetails, Usage)
 from app.sse import event, stream_choices
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -56,11 +56,9 @@ def _choice(prompt: str, echo: bool, k: int | None, g: Generation, index: int,
 
 def _prompts(body: CompletionRequest, engine: EngineClient) -> list[str]:
     """The prompts as texts: a string, a list of strings, a list of token ids, or a list of token-id lists."""
-    prompt = body.prompt
+    prompt = body.prompt  # never empty: the schema asks for at least one character, or one id, in each
     if isinstance(prompt, str):
         return [prompt]
-    if not prompt:
-        raise ApiError(422, "prompt is an empty list", "prompt")
     try:
         if isinstance(prompt[0], int):
             return [engine.tokens.decode(prompt)]
@@ -71,20 +69,20 @@ def _prompts(body: CompletionRequest, engine: EngineClient) -> list[str]:
     return list(prompt)
 
 
-def _samplers(body: CompletionRequest, engine: EngineClient, count: int) -> list[dict]:
+def _samplers(body: CompletionRequest | ChatCompletionRequest, engine: EngineClient, count: int) -> list[dict]:
+    """The request's samplers (OpenAI's logit_bias and penalties on top of the common fields), one per choice."""
     bias = []
-    for key, value in (body.logit_bias or {}).items():
+    for key, value in (body.logit_bias or {}).items():  # values are in [-100, 100] (the schema)
         if not key.isdigit() or int(key) >= len(engine.tokens):
             raise ApiError(422, f"logit_bias: {key!r} is not a token id of this model (0–{len(engine.tokens) - 1})",
                            "logit_bias")
-        if not -100 <= value <= 100:
-            raise ApiError(422, f"logit_bias: the bias of token {key} must be in [-100, 100]", "logit_bias")
         bias.append((int(key), float(value)))
-    return [{"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
-             "seed": None if body.seed is None else body.seed + i, "logit_bias": tuple(bias),
-             "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty,
-             "repetition_penalty": body.repetition_penalty, "min_p": body.min_p}
-            for i in range(count)]
+    return [body.sampler(i, logit_bias=tuple(bias), frequency_penalty=body.frequency_penalty,
+                         presence_penalty=body.presence_penalty) for i in range(count)]
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _best(generations: list[Generation], n: int) -> list[Generation]:
@@ -103,16 +101,13 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
     """OpenAI's legacy completions API over this character model (one token = one character). Choices come
     grouped by prompt, then by ``n``, each with its ``index``."""
     model_id = engine.settings.model_id
-    if body.model not in (None, model_id):
-        raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
+    engine.check_model(body.model)
     if body.suffix is not None:
         raise ApiError(400, "suffix is not supported by this model", "suffix", kind="unsupported_parameter")
     prompts = _prompts(body, engine)
-    if any(not prompt for prompt in prompts):
-        raise ApiError(422, "prompt must contain at least one character", "prompt")
     best_of = max(body.best_of or body.n, body.n)  # best_of below n: the n themselves
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = _stops(body.stop)
     k = body.logprobs
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -131,6 +126,7 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
     for prompt in prompts:
         engine.check_chars(prompt, "prompt")
     results = await asyncio.gather(*(one(prompt) for prompt in prompts))
+    cached = sum(gs[0].cached_chars for _, gs in results if gs)  # each prompt's choices share its reading
 
     if body.stream:
         # every choice in one stream, by index (best_of ranks finished generations: each then comes whole)
@@ -138,12 +134,13 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         if ranking:
             for _, _, g in streamed:
                 g.replay()
-        sent = [0] * len(streamed)
 
         def chunk(index: int, text: str, finish: str | None, infos=None, offset=0) -> str:
             lp = _logprobs(infos, offset).model_dump() if infos is not None else None
             return event({"id": request_id, "object": "text_completion", "created": created, "model": model_id,
                           "choices": [{"text": text, "index": index, "logprobs": lp, "finish_reason": finish}]})
+
+        sent = [0] * len(streamed)  # characters sent per choice (a generation may have received more by now)
 
         def on_piece(index: int, piece: str) -> str:
             prompt, _, g = streamed[index]
@@ -157,7 +154,7 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
             metrics.tokens_generated.inc(sum(g.num_tokens for g in gs))
             end = [chunk(i, "", g.finish_reason) for i, g in enumerate(gs)]
             if body.stream_options is not None and body.stream_options.include_usage:
-                usage = _usage(prompts, gs, sum(r[1][0].cached_chars for r in results if r[1])).model_dump()
+                usage = _usage(prompts, gs, cached).model_dump()
                 end.append(event({"id": request_id, "object": "text_completion", "created": created,
                                   "model": model_id, "choices": [], "usage": usage}))
             return [*end, event("[DONE]")]
@@ -172,7 +169,7 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
                 g.tokens = []
             choices.append(_choice(prompt, body.echo, k, g, len(choices), prompt_infos))
             generated.append(g)
-    usage = _usage(prompts, generated, sum(gs[0].cached_chars for _, gs in results if gs))
+    usage = _usage(prompts, generated, cached)
     metrics.tokens_generated.inc(usage.completion_tokens)
     return CompletionResponse(id=request_id, created=created, model=model_id, choices=choices, usage=usage)
 
@@ -213,8 +210,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     """OpenAI's chat completions: the messages are written out by the chat template (/info shows it), the
     assistant's turn is opened, and the reply ends where the template ends a turn."""
     model_id = engine.settings.model_id
-    if body.model not in (None, model_id):
-        raise ApiError(404, f"model {body.model!r} not found; this server serves {model_id!r}", "model")
+    engine.check_model(body.model)
     if body.tools not in (None, []):
         raise ApiError(400, "tools are not supported by this model", "tools", kind="unsupported_parameter")
     if body.tool_choice not in (None, "none"):
@@ -232,7 +228,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if max_tokens is None:
         max_tokens = min(100, limit)
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = _stops(body.stop)
     k = (body.top_logprobs or 0) if body.logprobs else None
     generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
                                         stream=body.stream, param_prefix="messages", param_tokens=param,
@@ -243,7 +239,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
 
     if body.stream:
-        sent = [0] * len(generations)
+        sent = [0] * len(generations)  # characters sent per choice (a generation may have received more by now)
 
         def chunk(index: int, delta: dict, finish: str | None = None, infos=None) -> str:
             choice = {"index": index, "delta": delta, "finish_reason": finish,

@@ -25,10 +25,8 @@ def _response(g: Generation) -> PredictResponse:
 async def predict(body: PredictRequest, request: Request, engine: EngineClient = Depends(get_engine),
                   metrics: Metrics = Depends(get_metrics)):
     """Warm the latent state on `prefix`, then generate `num_tokens` characters (greedy when temperature is 0)."""
-    sampler = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed,
-               "repetition_penalty": body.repetition_penalty, "min_p": body.min_p}
     num_tokens = body.num_tokens if body.num_tokens is not None else min(DEFAULT_NUM_TOKENS, engine.settings.max_num_tokens)
-    (generation,) = await engine.generate(body.prefix, num_tokens, [sampler], body.stop, stream=body.stream,
+    (generation,) = await engine.generate(body.prefix, num_tokens, [body.sampler()], body.stop, stream=body.stream,
                                          receive=request.receive, allow_empty=True, min_tokens=body.min_tokens)
     if body.stream:
         def on_end(g: Generation) -> list[str]:

@@ -21,16 +21,11 @@ router = APIRouter(tags=["tokenizer"])
 BOS = "\n"
 
 
-def _check_model(engine: EngineClient, model: str | None) -> None:
-    if model not in (None, engine.settings.model_id):
-        raise ApiError(404, f"model {model!r} not found; this server serves {engine.settings.model_id!r}", "model")
-
-
 @router.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(body: TokenizeRequest, request: Request,
                    engine: EngineClient = Depends(get_engine)) -> TokenizeResponse:
     """The token ids of ``prompt`` (one per character), or of ``messages`` as the chat template writes them."""
-    _check_model(engine, body.model)
+    engine.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(422, "give either prompt or messages", "prompt")
     if body.messages is not None:
@@ -47,7 +42,7 @@ async def tokenize(body: TokenizeRequest, request: Request,
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, engine: EngineClient = Depends(get_engine)) -> DetokenizeResponse:
     """The text of token ids (id 0 as U+FFFD)."""
-    _check_model(engine, body.model)
+    engine.check_model(body.model)
     try:
         return DetokenizeResponse(prompt=engine.tokens.decode(body.tokens))
     except ValueError as e:
