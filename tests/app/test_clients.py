@@ -417,3 +417,27 @@ def test_lm_eval_generations_and_loglikelihoods_equal_the_servers_own(weights_fi
             assert value == pytest.approx(-ppl["nll"] * ppl["num_scored"], abs=1e-4)
     finally:
         stop_server(proc)
+
+
+def test_streamed_logprobs_are_those_of_each_chunks_own_characters(server):
+    """Concatenated over the chunks, a stream's logprobs equal the plain response's (completions and chat), on
+    the real server, where a stream's pieces can arrive faster than its chunks are written."""
+    base, _ = server
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    args = dict(model="tiny", prompt="First Citizen:\n", max_tokens=40, temperature=0, logprobs=3)
+    plain = oai.completions.create(**args).choices[0].logprobs
+    tokens, values, tops = [], [], []
+    for c in oai.completions.create(stream=True, **args):
+        if c.choices and c.choices[0].logprobs:
+            lp = c.choices[0].logprobs
+            tokens += lp.tokens
+            values += lp.token_logprobs
+            tops += lp.top_logprobs
+    assert tokens == plain.tokens and values == pytest.approx(plain.token_logprobs) and len(tops) == 40
+    assert [sorted(t) for t in tops] == [sorted(t) for t in plain.top_logprobs]
+    chat_args = dict(model="tiny", messages=[{"role": "user", "content": "All:"}], max_tokens=40, temperature=0,
+                     logprobs=True, top_logprobs=2)
+    whole = [t.token for t in oai.chat.completions.create(**chat_args).choices[0].logprobs.content]
+    streamed = [t.token for c in oai.chat.completions.create(stream=True, **chat_args)
+                for ch in c.choices if ch.logprobs for t in ch.logprobs.content]
+    assert streamed == whole
