@@ -101,6 +101,7 @@ class Score:
     token_logprobs: list[float] | None = field(default=None, repr=False)
     top_ids: list[list[int]] | None = field(default=None, repr=False)  # per scored token, most likely first
     top_logprobs: list[list[float]] | None = field(default=None, repr=False)
+    state: State | None = field(default=None, repr=False)  # with return_state: after the context and every id
 
     @property
     def perplexity(self) -> float:
@@ -116,53 +117,71 @@ def iter_score(
     ids: Tensor,
     context_ids: Tensor | None = None,
     *,
-    state: State | None = None,
+    start: State | None = None,
     return_logprobs: bool = False,
     top_k: int = 0,
+    return_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Generator[None, None, Score]:
     """:func:`score` one chunk at a time: yields after each chunk and returns the :class:`Score`.
 
-    ``state``, when given, is the state after ``context_ids[:-1]`` (a cached warm-up), so only the context's
-    last token is read again."""
+    ``start``, when given, is the state after a text that comes before ``context_ids`` (or before ``ids``
+    without a context): reading then continues from it, and without a context it predicts ``ids[0]``, which is
+    scored too. With ``return_state`` the score carries the state after the last id as well."""
     ids = ids.reshape(-1)
+    first = None  # the scores for ids[0], when something before it predicts it
     if context_ids is not None and context_ids.numel() > 0:
         context_ids = context_ids.reshape(-1)
-        if state is None:
-            state = yield from iter_warm(model, context_ids[:-1], chunk_size=chunk_size)
-            state = state[0]
+        state, _ = yield from iter_warm(model, context_ids[:-1], start, chunk_size)
         stream = torch.cat([context_ids[-1:], ids])
+    elif start is not None:
+        state = start
+        with torch.inference_mode():
+            first = torch.log_softmax(model.next_logits(state)[0].float(), dim=-1)  # (V,)
+        stream = ids
     else:
         state = model.init_state(1)
         stream = ids
-    num_scored = stream.numel() - 1
+    num_scored = stream.numel() - 1 + (first is not None)
     if num_scored < 1:
         raise ValueError("nothing to score: the text needs at least 2 characters, or 1 after a context")
     total = torch.zeros((), dtype=torch.float64)
     logprobs: list[Tensor] = []
     top_values: list[Tensor] = []
     top_indices: list[Tensor] = []
-    for start in range(0, num_scored, chunk_size):
-        inputs = stream[start : start + chunk_size]
-        targets = stream[start + 1 : start + 1 + chunk_size].to(model.device)
+
+    def record(log_probs: Tensor, targets: Tensor) -> None:  # (t, V) scores of the targets (t,)
+        nonlocal total
+        lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
+        total += lp.double().sum().cpu()
+        if return_logprobs:
+            logprobs.append(lp.cpu())
+        if top_k:
+            values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
+            top_values.append(values.cpu())
+            top_indices.append(indices.cpu())
+
+    if first is not None:
+        record(first[None], stream[:1].to(model.device))
+    for begin in range(0, stream.numel() - 1, chunk_size):
+        targets = stream[begin + 1 : begin + 1 + chunk_size].to(model.device)
+        last = begin + 1 + targets.numel() == stream.numel()
+        # the last chunk reads the last id too when its state is wanted (its scores are not needed)
+        inputs = stream[begin : begin + targets.numel() + (last and return_state)]
         with torch.inference_mode():
-            logits, state = model(_as_batch(inputs[: targets.numel()], model), state)  # (1, t, V)
-            log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (t, V)
-            lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
-            total += lp.double().sum().cpu()
-            if return_logprobs:
-                logprobs.append(lp.cpu())
-            if top_k:
-                values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
-                top_values.append(values.cpu())
-                top_indices.append(indices.cpu())
+            logits, state = model(_as_batch(inputs, model), state)  # (1, t, V)
+            record(torch.log_softmax(logits[0, : targets.numel()].float(), dim=-1), targets)
         yield
+    if return_state and stream.numel() == 1:  # one id, scored from ``start``: it still has to be read
+        with torch.inference_mode():
+            _, state = model(_as_batch(stream, model), state)
     return Score(
         nll=float(-total / num_scored),
         num_scored=num_scored,
         token_logprobs=torch.cat(logprobs).tolist() if return_logprobs else None,
         top_ids=torch.cat(top_indices).tolist() if top_k else None,
         top_logprobs=torch.cat(top_values).tolist() if top_k else None,
+        state=state if return_state else None,
     )
 
 
@@ -171,12 +190,15 @@ def score(
     ids: Tensor,
     context_ids: Tensor | None = None,
     *,
+    start: State | None = None,
     return_logprobs: bool = False,
     top_k: int = 0,
+    return_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Score:
     """Log-likelihood of ``ids`` (1-D). From a zero state the first token only warms the state, so tokens
-    2…n are scored; after a non-empty ``context`` (which only warms the state) every token is scored.
-    With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at each scored position."""
-    return drain(iter_score(model, ids, context_ids, return_logprobs=return_logprobs, top_k=top_k,
-                            chunk_size=chunk_size))
+    2…n are scored; after a non-empty ``context`` (which only warms the state) or from a ``start`` state
+    every token is scored. With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at
+    each scored position."""
+    return drain(iter_score(model, ids, context_ids, start=start, return_logprobs=return_logprobs, top_k=top_k,
+                            return_state=return_state, chunk_size=chunk_size))

@@ -83,6 +83,10 @@ class RNNLM(nn.Module):
         n = CELLS[self.config.cell].num_state_tensors
         return tuple(torch.zeros(shape, device=device, dtype=self.w_y.dtype) for _ in range(n))
 
+    def next_logits(self, state: State) -> Tensor:
+        """``Y = H W_y + b_y`` for the top layer's H of ``state``: the scores (B, V) for the token after it."""
+        return torch.addmm(self.b_y, state[0][-1], self.w_y)
+
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, V) for token ids (B, T), and the state after the last step."""
         batch, steps = tokens.shape

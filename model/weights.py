@@ -6,6 +6,7 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,8 @@ class LoadedWeights:
     vocab: Vocab
     training: dict = field(default_factory=dict)
     path: str = ""
+    sha256: str = ""  # of the whole file (its metadata and tensors): the identity of this model
+
 
     @property
     def config(self) -> LMConfig:
@@ -89,7 +92,8 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             raise WeightsError(path, f"tensor {name!r} contains NaN or infinite values")
     model.load_state_dict(tensors)
     model.to(device).eval()
-    return LoadedWeights(model=model, vocab=vocab, training=training, path=str(path))
+    return LoadedWeights(model=model, vocab=vocab, training=training, path=str(path),
+                         sha256=hashlib.sha256(data).hexdigest())
 
 
 def _header_length(data: bytes) -> int:
