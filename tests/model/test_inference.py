@@ -79,6 +79,31 @@ def test_scoring_after_a_context_scores_every_character_of_the_text():
     assert after_context.nll == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_scoring_in_pieces_from_each_piece_s_returned_state_equals_the_cross_entropy_of_the_whole(cell):
+    model = make_model(cell, layers=2)
+    with torch.no_grad():  # make_model's ×4 makes the tanh RNN chaotic: rounding would decide the result
+        for p in model.parameters():
+            p.div_(4)
+    ids = torch.randint(1, 12, (400,))
+    state, total, scored = None, 0.0, 0
+    for start, end in [(0, 50), (50, 51), (51, 52), (52, 300), (300, 400)]:
+        piece = score(model, ids[start:end], start=state, return_state=True, chunk_size=64)
+        assert piece.num_scored == end - start - (start == 0)  # a state predicts the piece's first id
+        total += piece.nll * piece.num_scored
+        scored += piece.num_scored
+        state = piece.state
+    assert scored == 399
+    assert total / scored == pytest.approx(reference_score(model, ids), abs=1e-5)
+    with torch.no_grad():
+        _, final = model(ids[None])  # the state returned has read every id
+    for got, want in zip(state, final):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # a context after a state is read from it: the same as a context holding the state's text
+    after = score(model, ids[360:], ids[300:360], start=score(model, ids[:300], return_state=True).state)
+    assert after.nll == pytest.approx(score(model, ids[360:], ids[:360]).nll, abs=1e-5)
+
+
 def test_scoring_text_too_short_is_an_error():
     model = make_model()
     with pytest.raises(ValueError):
