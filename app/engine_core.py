@@ -17,7 +17,9 @@ engine); SIGTERM drains: running work finishes, new work gets 503, then it exits
 from __future__ import annotations
 
 import logging
+import math
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -34,7 +36,9 @@ from app.generation import Decoding
 from app.prefix_cache import PrefixCache
 from app.scheduler import GenerationJob, OneAtATime, QueueFull, Scheduler, TaskJob, prepare_model_thread
 from app.settings import Settings
-from model import Score, WeightsError, load_weights
+from app.state_tokens import VERSION as STATE_VERSION
+from app.state_tokens import StateCodec, StateTokenError
+from model import Score, State, WeightsError, load_weights
 from model.inference import iter_score, iter_warm
 from model.sampling import Sampler
 
@@ -109,6 +113,10 @@ class EngineCore:
             raise StartupError(str(e)) from None
         self.model = self.loaded.model
         self.vocab = self.loaded.vocab
+        secret = settings.state_secret.get_secret_value().encode() if settings.state_secret else secrets.token_bytes(32)
+        zeros = self.model.init_state(1)
+        self.state_shape = (len(zeros), *zeros[0].shape)  # (tensors, layers, 1, hidden)
+        self.states = StateCodec(secret, self.loaded.sha256, math.prod(self.state_shape))
         self.blas = BlasThreads(self.blas_threads, step_flops(self.model))
         self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
                       if settings.prefix_cache_entries > 0 else None)
@@ -128,6 +136,8 @@ class EngineCore:
         self._draining_since: float | None = None
         self.requests_served = 0
         self.busy_seconds = 0.0  # time spent running the model (scheduler turns)
+        self.chars_read = 0  # characters the model has read for requests: uncached prompts, scored texts
+        self.state_tokens_read = 0
         if os.path.exists(address):  # a previous engine's socket file
             os.unlink(address)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -282,6 +292,7 @@ class EngineCore:
     def _generation_job(self, request: _Request, r: p.GenerateRequest) -> GenerationJob:
         ids = self.vocab.encode(r.prefix)
         unknown = self.vocab.count_unknown(ids)
+        start, chars, root = self._open_state(r.state)
         decodings = []
         for i, fields in enumerate(r.samplers):
             on_piece = None
@@ -292,45 +303,68 @@ class EngineCore:
             decodings.append(Decoding(r.prefix, self.vocab, r.num_tokens, Sampler(**fields), r.stops,
                                       r.top_logprobs, on_piece, r.min_tokens, ids))
         job = GenerationJob(on_done=lambda result, error: self._done(request, result, error), text=r.prefix,
-                            ids=ids, decodings=decodings)
-        if not r.prefix:  # the notebook's initial state: H_0 = 0, whose prediction is the head's bias alone
-            job.start = self.model.init_state(1)
+                            ids=ids, decodings=decodings, start=start, root=root, want_state=r.return_state)
+        job.chars_before = chars
+        if not r.prefix:  # from the state as it is: H_0 = 0 (the notebook's), or the client's
+            job.start = self.model.init_state(1) if start is None else start
             with torch.inference_mode():
-                job.start_logits = self.model.b_y.detach().clone()
-        hit = self.cache.lookup(r.prefix) if self.cache is not None and r.prefix else None
-        if hit is not None:  # else job.start stays None: zeros
+                job.start_logits = self.model.next_logits(job.start)[0].clone()
+        hit = self.cache.lookup(r.prefix, root=root) if self.cache is not None and r.prefix else None
+        if hit is not None:  # else job.start stays the client's state, or None: zeros
             job.start, job.start_at = hit.state, hit.length
             if hit.length == len(r.prefix):
                 job.start_logits = hit.logits
         job.unknown = unknown
+        self.chars_read += len(ids) - job.start_at
         return job
 
     def _score_job(self, request: _Request, r: p.ScoreRequest) -> TaskJob:
         ids = self.vocab.encode(r.text)
         context_ids = self.vocab.encode(r.context) if r.context else None
         unknown = self.vocab.count_unknown(ids) + (0 if context_ids is None else self.vocab.count_unknown(context_ids))
-        cached, state = 0, None
+        start, chars, root = self._open_state(r.state)
+        cached = 0
         if context_ids is not None and self.cache is not None:
-            hit = self.cache.lookup(r.context, max_length=len(r.context) - 1)
+            hit = self.cache.lookup(r.context, max_length=len(r.context) - 1, root=root)
             if hit is not None:
-                cached, state = hit.length, hit.state
-        steps = self._score_steps(ids, r, context_ids, cached, state)
+                cached, start = hit.length, hit.state
+        steps = self._score_steps(ids, r, context_ids, cached, start, root)
         job = TaskJob(on_done=lambda result, error: self._done(request, result, error), steps=steps)
         job.unknown, job.cached, job.top_k = unknown, cached, r.top_k
+        job.chars_after = chars + len(r.text) + (len(r.context) if r.context else 0)
+        self.chars_read += len(ids) + (len(context_ids) - cached if context_ids is not None else 0)
         return job
 
-    def _score_steps(self, ids, r: p.ScoreRequest, context_ids, cached: int, state):
-        """Read the uncached part of the context (caching the state before its last character), then score."""
+    def _score_steps(self, ids, r: p.ScoreRequest, context_ids, cached: int, start: State | None, root: str):
+        """Read the uncached part of the context but its last character from ``start`` (caching the state
+        there), then score."""
         chunk = self.settings.chunk_chars
         if context_ids is not None:
             if len(context_ids) - 1 > cached:
-                state, logits = yield from iter_warm(self.model, context_ids[cached:-1], state, chunk)
+                start, logits = yield from iter_warm(self.model, context_ids[cached:-1], start, chunk)
                 if self.cache is not None:
-                    self.cache.put(r.context[:-1], state, logits)
-            elif state is None:
-                state = self.model.init_state(1)  # a one-character context: nothing to read before it
-        return (yield from iter_score(self.model, ids, context_ids, state=state, return_logprobs=r.return_logprobs,
-                                      top_k=r.top_k, chunk_size=chunk))
+                    self.cache.put(r.context[:-1], start, logits, root)
+            context_ids = context_ids[-1:]
+        return (yield from iter_score(self.model, ids, context_ids, start=start, return_logprobs=r.return_logprobs,
+                                      top_k=r.top_k, return_state=r.return_state, chunk_size=chunk))
+
+    # -- state tokens ---------------------------------------------------------------------------------------
+    def _open_state(self, token: str | None) -> tuple[State | None, int, str]:
+        """The state a client's token holds, the characters it has read, and its name in the prefix cache
+        (none of them for no token)."""
+        if token is None:
+            return None, 0, ""
+        opened = self.states.open(token)
+        values = torch.frombuffer(bytearray(opened.data), dtype=torch.float32)
+        if not torch.isfinite(values).all():
+            raise StateTokenError(422, "state token holds NaN or infinite values")
+        self.state_tokens_read += 1
+        state = tuple(values.view(self.state_shape).to(self.model.device, self.model.w_y.dtype).unbind(0))
+        return state, opened.chars, opened.tag[:16].hex()
+
+    def _seal(self, state: State, chars: int) -> str:
+        data = torch.stack([s.detach().float() for s in state]).cpu().contiguous().numpy().tobytes()
+        return self.states.seal(chars, data)
 
     # -- outgoing -------------------------------------------------------------------------------------------
     def _piece_sink(self, request: _Request, stream: _Stream) -> Callable[[str, list[p.TokenInfo]], None]:
@@ -353,6 +387,10 @@ class EngineCore:
         job = request.job
         if isinstance(job, GenerationJob):
             payload = [d.result(job.start_at, job.unknown) for d in job.decodings]
+            for d, out in zip(job.decodings, payload):
+                if d.final_state is not None:
+                    out.state_chars = job.chars_before + len(d.prefix) + len(d.generated)
+                    out.state = self._seal(d.final_state, out.state_chars)
         else:
             payload = self._score_result(result, job)
         self._post(request.client, (p.DONE, request.rid, payload))
@@ -364,17 +402,24 @@ class EngineCore:
         if job.top_k:
             tokens = self.vocab.tokens
             top = [{tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)]
-        return p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
+        out = p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
+        if score.state is not None:
+            out.state_chars = job.chars_after
+            out.state = self._seal(score.state, out.state_chars)
+        return out
 
     def _reply_error(self, client: _Connection, rid: int, error: BaseException) -> None:
+        param = None
         if isinstance(error, _Refused):
             status, message = error.status, str(error)
+        elif isinstance(error, StateTokenError):
+            status, message, param = error.status, str(error), "state"
         elif isinstance(error, ValueError):  # the model package's own checks, e.g. nothing to score
             status, message = 422, str(error)
         else:
             logger.error("request failed in the engine: %r", error)
             status, message = 500, "internal error in the engine"
-        self._post(client, (p.ERROR, rid, (status, message)))
+        self._post(client, (p.ERROR, rid, (status, message, param)))
 
     def _post(self, client: _Connection, message: tuple) -> None:
         if not client.closed:
@@ -409,13 +454,16 @@ class EngineCore:
         cfg = self.model.config
         return {"config": cfg.to_dict(), "parameters": self.model.num_parameters(), "vocab": self.vocab.tokens,
                 "training": self.loaded.training, "device": str(self.model.device), "pid": os.getpid(),
-                "blas_threads": self.blas_threads}
+                "blas_threads": self.blas_threads, "weights_sha256": self.loaded.sha256,
+                "state_token": {"version": STATE_VERSION, "bytes": self.states.token_bytes,
+                                "chars": self.states.token_chars}}
 
     def figures(self) -> dict:
         s, cache = self.scheduler, self.cache
         out = {"batch_rows": s.batch_rows, "queued": s.queued, "batch_steps": s.steps,
                "batch_rows_stepped": s.rows_stepped, "requests_in_engine": len(self._requests),
-               "requests_served": self.requests_served, "busy_seconds": self.busy_seconds}
+               "requests_served": self.requests_served, "busy_seconds": self.busy_seconds,
+               "chars_read": self.chars_read, "state_tokens_read": self.state_tokens_read}
         if cache is not None:
             out.update(cache_entries=len(cache), cache_bytes=cache.bytes, cache_hits=cache.hits,
                        cache_misses=cache.misses, cache_hit_chars=cache.hit_chars)

@@ -51,6 +51,7 @@ class Decoding:
         self.tokens: list[TokenInfo] = []
         self.generated: list[int] = []  # every token read, also past a stop sequence (the state has read them)
         self.done = num_tokens == 0
+        self.final_state = None  # the state after text_read, when the request asked for it (set by the scheduler)
         # Nothing to do per token but count: no stop sequences, no logprobs, no stream. The completion is
         # decoded once at the end (the batch's per-row bookkeeping is a large part of a step's Python).
         self.plain = not self.scanner.stops and top_logprobs is None and on_piece is None
@@ -99,8 +100,10 @@ class Decoding:
                 self.on_piece(released, self.tokens[start : start + len(released)])
         return self.done
 
-    def result(self, cached_chars: int, unknown_chars: int) -> GenerationResult:
-        return GenerationResult(self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars)
+    def result(self, cached_chars: int, unknown_chars: int, state: str | None = None) -> GenerationResult:
+        stop_reason = self.generated_text[len(self.completion):] if self.finish_reason == "stop" else None
+        return GenerationResult(self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars,
+                                stop_reason, state)
 
     def _token_info(self, char: str, token: int, logits: torch.Tensor) -> TokenInfo:
         """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the
@@ -113,6 +116,11 @@ class Decoding:
         return TokenInfo(char, float(log_probs[token]), top)
 
     @property
+    def generated_text(self) -> str:
+        """Every generated character: the completion, and the stop sequence that ended it."""
+        return self.vocab.decode(self.generated)
+
+    @property
     def text_read(self) -> str:
         """The prefix and every generated character: what the sequence's state has read."""
-        return self.prefix + self.vocab.decode(self.generated)
+        return self.prefix + self.generated_text

@@ -6,6 +6,10 @@ the shipped 1 × 512 model) — unlike a transformer's KV cache, which grows wit
 by the exact text and evicted least-recently-used, bounded by count and by bytes (state, logits and key).
 Lookups find the longest cached prefix without slicing the text once per cached length: long keys are filed
 under their first ``HEAD`` characters and compared in place (``str.startswith``). Thread-safe.
+
+Every text is read from a *root*: ``""`` for the zero state, or a state token's name (see
+:mod:`app.state_tokens`) for a text read after the state the client sent, so continuations of a state token
+seen before are found as plainly as continuations of a text.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from model import State
 __all__ = ["CacheHit", "PrefixCache"]
 
 HEAD = 32  # keys at least this long are filed under their first HEAD characters
+_SEP = "\x00"  # between a key's root and its text; roots never hold it
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,12 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, text: str, max_length: int | None = None) -> CacheHit | None:
-        """The entry for the longest cached prefix of ``text`` (at most ``max_length`` characters)."""
+    def lookup(self, text: str, max_length: int | None = None, root: str = "") -> CacheHit | None:
+        """The entry for the longest cached prefix of ``text`` read from ``root`` (at most ``max_length``
+        characters of it)."""
         limit = len(text) if max_length is None else min(max_length, len(text))
+        skip = len(root) + 1
+        text, limit = root + _SEP + text, limit + skip
         with self._lock:
             key = None
             if limit >= HEAD:
@@ -71,13 +79,15 @@ class PrefixCache:
             state, logits, _ = self._entries[key]
             self._entries.move_to_end(key)
             self.hits += 1
-            self.hit_chars += len(key)
-            return CacheHit(len(key), state, logits)
+            self.hit_chars += len(key) - skip
+            return CacheHit(len(key) - skip, state, logits)
 
-    def put(self, text: str, state: State, logits: Tensor) -> None:
-        """Remember the state after ``text`` and the logits it gives (tensors are kept, not copied)."""
+    def put(self, text: str, state: State, logits: Tensor, root: str = "") -> None:
+        """Remember the state after ``text`` (read from ``root``) and the logits it gives (tensors are kept,
+        not copied)."""
         if not text or self.max_entries <= 0:
             return
+        text = root + _SEP + text
         size = _entry_bytes(text, state, logits)
         if size > self.max_bytes:
             return

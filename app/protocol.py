@@ -8,7 +8,7 @@ dataclasses): no tensors, and nothing here imports torch.
 Requests (HTTP → engine): ``HELLO`` (answered by ``READY`` with the model's description), ``GENERATE``,
 ``SCORE``, ``CANCEL`` (the client has gone) and ``STATS`` (the engine's figures, for /metrics).
 Replies (engine → HTTP): ``PIECES`` (released text of streaming requests, coalesced by time), ``DONE`` (the
-result), ``ERROR`` (status, message, param) and ``READY``/``STATS``.
+result), ``ERROR`` (status, message, and the request field at fault or None) and ``READY``/``STATS``.
 
 Pickle is safe here: the socket lives in a directory only this user can enter, and both ends are processes
 of this one server.
@@ -49,6 +49,8 @@ class GenerateRequest:
     top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's and the k likeliest
     stream: bool = False
     min_tokens: int = 0  # stop sequences count only after this many characters
+    state: str | None = None  # a state token: start from it, as if its text came before the prefix
+    return_state: bool = False  # answer with the token of the state after prefix + generated text
 
 
 @dataclass
@@ -58,6 +60,9 @@ class GenerationResult:
     tokens: list[TokenInfo]  # with top_logprobs only
     cached_chars: int  # prefix characters whose state came from the prefix cache
     unknown_chars: int  # prefix characters outside the vocabulary
+    stop_reason: str | None = None  # the stop sequence that ended it (read by the state, not in the completion)
+    state: str | None = None  # with return_state: the token of the state after prefix + completion + stop_reason
+    state_chars: int = 0  # characters that state has read since the zero state
 
 
 @dataclass
@@ -66,6 +71,8 @@ class ScoreRequest:
     context: str | None = None
     return_logprobs: bool = False
     top_k: int = 0
+    state: str | None = None  # a state token: read context and text after its text
+    return_state: bool = False
 
 
 @dataclass
@@ -76,6 +83,8 @@ class ScoreResult:
     top: list[dict[str, float]] | None  # with top_k: per scored character, the k likeliest and their logprobs
     unknown_chars: int
     cached_chars: int
+    state: str | None = None  # with return_state: the token of the state after context + text
+    state_chars: int = 0
 
 
 _LENGTH = struct.Struct("<I")

@@ -84,6 +84,8 @@ class GenerationJob(Job):
     start: State | None = None  # the state to start from, after ids[:start_at] (None: zeros)
     start_at: int = 0
     start_logits: torch.Tensor | None = None  # with start_at == len(ids): the next token's scores
+    root: str = ""  # what the text is read after, for the prefix cache: "" (zeros) or a state token's name
+    want_state: bool = False  # keep each decoding's final state (the client asked for its token)
 
     @property
     def width(self) -> int:
@@ -228,6 +230,7 @@ class Scheduler:
             return
         for decoding in job.decodings:
             if decoding.done:
+                _keep_state(job, decoding, state)
                 continue
             self._add_row(Row(job, decoding), state, logits)
         self._check_job_done(job)
@@ -300,7 +303,10 @@ class Scheduler:
                     continue
                 state, next_logits = self._decoder.row_state(i), self._logits[i].clone()
                 if self.cache is not None:
-                    self.cache.put(job.text, state, next_logits)
+                    self.cache.put(job.text, state, next_logits, job.root)
+                for d in job.decodings:
+                    if d.done:  # nothing to generate (num_tokens 0)
+                        _keep_state(job, d, state)
                 live = [d for d in job.decodings if not d.done]
                 if live:
                     row.decoding = live[0]
@@ -309,8 +315,10 @@ class Scheduler:
                 else:
                     finished.add(job)
             elif row.decoding.done:
+                state = self._decoder.row_state(i)
                 if self.cache is not None:
-                    self.cache.put(row.decoding.text_read, self._decoder.row_state(i), self._logits[i].clone())
+                    self.cache.put(row.decoding.text_read, state, self._logits[i].clone(), job.root)
+                _keep_state(job, row.decoding, state)
                 finished.add(job)
             else:
                 keep.append(i)
@@ -341,6 +349,12 @@ class Scheduler:
         self._logits = torch.zeros(0, self.vocab_size, device=self.model.device)
         for job in jobs:
             self._finish(job, None, error)
+
+
+def _keep_state(job: GenerationJob, decoding: Decoding, state: State) -> None:
+    """A finished decoding's state after everything it read, when the client asked for it."""
+    if job.want_state:
+        decoding.final_state = state
 
 
 class OneAtATime:
@@ -379,7 +393,7 @@ class OneAtATime:
         if logits is None:
             state, logits = drain(iter_warm(self.model, job.ids[job.start_at :], state, self.chunk_chars))
             if self.cache is not None:
-                self.cache.put(job.text, state, logits)
+                self.cache.put(job.text, state, logits, job.root)
         def stopped() -> bool:
             self.interrupt()  # the engine reads new messages (a cancellation, say) and sends due output
             return job.cancelled
@@ -390,7 +404,8 @@ class OneAtATime:
             self.steps += len(d.generated)
             self.rows_stepped += len(d.generated)
             if self.cache is not None and d.generated:
-                self.cache.put(d.text_read, decoder.state, step_logits.clone())
+                self.cache.put(d.text_read, decoder.state, step_logits.clone(), job.root)
+            _keep_state(job, d, decoder.state)
 
     def fail_all(self, error: BaseException, pending: bool = False) -> None:
         """Between jobs nothing runs: with ``pending``, end every queued job with ``error``."""

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     weights: Path = Field(DEFAULT_WEIGHTS, description="weight file to serve")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1, …")
     api_key: SecretStr | None = Field(None, description="when set, every route but /health and /ready needs it")
+    state_secret: SecretStr | None = Field(None, description="signs state tokens (HMAC-SHA256): every replica "
+                                           "that shares it accepts the others' tokens; unset: a random key per "
+                                           "server, so tokens work only on the server that made them")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

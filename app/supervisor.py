@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+
+from pydantic import SecretStr
 
 from app.settings import Settings
 
@@ -41,7 +44,12 @@ def _context():
 
 class EngineSupervisor:
     def __init__(self, settings: Settings):
-        self.settings = settings.model_copy(update={"api_key": None})  # the engine never needs the key
+        secret = settings.state_secret
+        self._random_secret = secret is None
+        if secret is None:  # one key for every engine this supervisor starts (a restart keeps tokens valid)
+            secret = SecretStr(secrets.token_urlsafe(32))
+        # the engine never needs the API key
+        self.settings = settings.model_copy(update={"api_key": None, "state_secret": secret})
         self._dir = tempfile.mkdtemp(prefix="rnnlm-engine-")  # mode 0700
         self.address = f"{self._dir}/engine.sock"
         self._ctx = _context()
@@ -58,6 +66,9 @@ class EngineSupervisor:
     def start(self) -> None:
         """Start the engine and wait until it is ready (raises :class:`EngineStartError`), then watch it."""
         self._spawn()
+        if self._random_secret:
+            logger.warning("RNNLM_STATE_SECRET is not set: state tokens are signed with a random key and work only "
+                           "with this server, until it stops")
         self._watcher = threading.Thread(target=self._watch, name="rnnlm-engine-supervisor", daemon=True)
         self._watcher.start()
 
