@@ -39,6 +39,9 @@ class Generation:
     cached_chars: int = 0  # characters of the prefix whose state came from the prefix cache
     completion: str = ""
     finish_reason: str = "length"
+    stop_reason: str | None = None  # the stop sequence that ended it (read by the state, not in the completion)
+    state: str | None = None  # on request: the token of the state after prefix + completion + stop_reason
+    state_chars: int = 0
     tokens: list[TokenInfo] = field(default_factory=list)
     pieces: asyncio.Queue | None = None  # streaming only: released text, then the end marker (or an error)
     cancel: Callable[[], None] = lambda: None  # stop generating (the client has gone)
@@ -68,7 +71,8 @@ class Generation:
 
     def finish(self, result: p.GenerationResult) -> None:
         self.cached_chars, self.unknown_chars = result.cached_chars, result.unknown_chars
-        self.finish_reason = result.finish_reason
+        self.finish_reason, self.stop_reason = result.finish_reason, result.stop_reason
+        self.state, self.state_chars = result.state, result.state_chars
         if self.pieces is None:
             self.completion, self.tokens = result.completion, result.tokens
 
@@ -81,6 +85,7 @@ class _Pending:
     result: asyncio.Future
     generations: list[Generation] = field(default_factory=list)
     first: asyncio.Future | None = None  # streaming: set at the first piece, result or error
+    state_param: str = "state"  # what the route calls the state token, for errors about it
 
 
 class _EngineProtocol(asyncio.Protocol):
@@ -174,9 +179,10 @@ class EngineClient:
             return
         del self._pending[rid]
         if kind == p.ERROR:
-            status, message = payload
+            status, message, param = payload
             headers = {"Retry-After": "1"} if status in (429, 503) else None
-            self._fail(request, ApiError(status, message, headers=headers))
+            param = request.state_param if param == "state" else param
+            self._fail(request, ApiError(status, message, param, headers=headers))
         else:  # DONE or STATS
             self._succeed(request, payload)
 
@@ -206,12 +212,14 @@ class EngineClient:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         self._transport.write(p.frame([(kind, rid, payload)]))
 
-    def _request(self, kind: str, payload, generations: list[Generation] = (), stream: bool = False) -> _Pending:
+    def _request(self, kind: str, payload, generations: list[Generation] = (), stream: bool = False,
+                 state_param: str = "state") -> _Pending:
         if not self.ready:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        request = _Pending(rid, loop.create_future(), list(generations), loop.create_future() if stream else None)
+        request = _Pending(rid, loop.create_future(), list(generations), loop.create_future() if stream else None,
+                           state_param)
         self._pending[rid] = request
         for g in generations:
             g.cancel = lambda: self._cancel(rid)
@@ -271,35 +279,42 @@ class EngineClient:
     async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
                        top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
                        param_tokens: str = "num_tokens", receive: Receive | None = None,
-                       allow_empty: bool = False, min_tokens: int = 0,
-                       server_stops: list[str] = ()) -> list[Generation]:
+                       allow_empty: bool = False, min_tokens: int = 0, server_stops: list[str] = (),
+                       state: str | None = None, return_state: bool = False,
+                       param_state: str = "state") -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
         engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status.
-        With ``allow_empty`` an empty prefix starts from the zero state; ``server_stops`` (the chat template's
-        turn end) are added to the client's ``stops`` after their limits are checked."""
-        if not prefix and not allow_empty:
+        With ``allow_empty`` an empty prefix starts from the zero state (or ``state``); ``server_stops`` (the
+        chat template's turn end) are added to the client's ``stops`` after their limits are checked.
+        ``state`` (a state token) is where reading starts; with ``return_state`` each generation carries the
+        token of its final state."""
+        state = state or None  # "" is no state: the zero state, nothing read
+        if not prefix and not allow_empty and state is None:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
         body = p.GenerateRequest(prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream,
-                                 min_tokens)
-        request = self._request(p.GENERATE, body, generations, stream)
+                                 min_tokens, state, return_state)
+        request = self._request(p.GENERATE, body, generations, stream, param_state)
         await self._wait(request, request.first if stream else request.result, receive)
         return generations
 
     async def perplexity(self, text: str, context: str | None, return_logprobs: bool, top_k: int = 0,
-                         receive: Receive | None = None) -> p.ScoreResult:
-        """The score of ``text`` (after ``context``), with how many characters of both are outside the
-        vocabulary and how many context characters came from the prefix cache."""
+                         receive: Receive | None = None, state: str | None = None, return_state: bool = False,
+                         param_state: str = "state") -> p.ScoreResult:
+        """The score of ``text`` (after ``state``'s text and ``context``), with how many characters of both
+        are outside the vocabulary and how many context characters came from the prefix cache."""
         self.check_chars(text, "text")
         self.check_chars(context, "context")
-        if len(text) + (1 if context else 0) < 2:
-            raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context",
-                           "text")
-        request = self._request(p.SCORE, p.ScoreRequest(text, context or None, return_logprobs, top_k))
+        state = state or None  # "" is no state
+        if len(text) + (1 if context or state is not None else 0) < 2:
+            raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context "
+                                "or a state", "text")
+        body = p.ScoreRequest(text, context or None, return_logprobs, top_k, state, return_state)
+        request = self._request(p.SCORE, body, state_param=param_state)
         return await self._wait(request, request.result, receive)
 
     async def stats(self) -> dict:

@@ -25,6 +25,9 @@ ENGINE_FIGURES = [
      "requests_served"),
     ("counter", "rnnlm_engine_busy_seconds", "Time the engine spent running the model (÷ wall time = its load)",
      "busy_seconds"),
+    ("counter", "rnnlm_engine_characters_read", "Characters the model read for requests: uncached prompts, "
+     "contexts and scored texts", "chars_read"),
+    ("counter", "rnnlm_state_tokens_read", "State tokens taken back from clients", "state_tokens_read"),
     ("counter", "rnnlm_batch_steps", "Batch steps run", "batch_steps"),
     ("counter", "rnnlm_batch_rows_stepped", "Sequences stepped, summed over steps "
      "(÷ rnnlm_batch_steps_total = mean batch size)", "batch_rows_stepped"),

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, WithJsonSchema, \
+    model_serializer
 
 __all__ = [
     "CompletionChoice", "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "ErrorBody", "ModelCard",
@@ -38,6 +39,11 @@ def Int(**bounds):  # noqa: N802 - used as a type
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# A state token, as a schema can say it: a string in this format ("" is no state). Only the server that signed it
+# (or one sharing its RNNLM_STATE_SECRET) can tell a genuine one, so any other string of the alphabet is a 400.
+StateToken = Annotated[str, Field(json_schema_extra={"format": "rnnlm-state-token", "pattern": "^[A-Za-z0-9_-]*$"})]
 
 
 class SamplingFields(Request):
@@ -71,6 +77,10 @@ class PredictRequest(SamplingFields):
                                description="0: greedy (always the most likely character); higher: more random")
     stop: list[str] = Field(default_factory=list, description="stop before the first occurrence of any of these")
     stream: bool = Field(False, description="send text/event-stream: one event per character, then the result")
+    state: StateToken | None = Field(None, description="a state token (from return_state): start from that state, "
+                              "exactly as if the text it has read came before this request's text (\"\": none)")
+    return_state: bool = Field(False, description="also answer with the token of the state after everything "
+                               "this request read")
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"prefix": "ROMEO:\nBut soft", "num_tokens": 100}]})
@@ -83,35 +93,61 @@ class PredictResponse(BaseModel):
     finish_reason: Literal["length", "stop"]
     unknown_chars: int = Field(description="characters of the prefix outside the model's vocabulary")
     cached_chars: int = Field(0, description="characters of the prefix whose state came from the prefix cache")
+    stop_reason: str | None = Field(None, description="the stop sequence that ended the completion (not part "
+                                    "of it); null when none did")
+    state: str | None = Field(None, description="with return_state: the token of the state after prefix + "
+                              "completion + stop_reason")
+    state_chars: int | None = Field(None, description="with return_state: characters that state has read, all "
+                                    "requests together")
 
 
 class PerplexityRequest(Request):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
         {"properties": {"text": {"minLength": 2}}},
-        {"properties": {"context": {"type": "string", "minLength": 1}}, "required": ["context"]}],
-        "description": "text needs 2 characters, or 1 after a non-empty context"})
+        {"properties": {"context": {"type": "string", "minLength": 1}}, "required": ["context"]},
+        {"properties": {"state": {"type": "string"}}, "required": ["state"]}],
+        "description": "text needs 2 characters, or 1 after a non-empty context or a state"})
 
     text: str = Field(..., min_length=1, description="text to score", examples=["To be, or not to be"])
     context: str | None = Field(None, description="text read before `text` only to warm the state; not scored")
     token_logprobs: bool = Field(False, description="also return each scored character and its log-probability")
+    state: StateToken | None = Field(None, description="a state token (from return_state): start from that state, "
+                              "exactly as if the text it has read came before the context and the text; the "
+                              "text's first character is then scored too (\"\": none)")
+    return_state: bool = Field(False, description="also answer with the token of the state after everything "
+                               "this request read")
 
 
 class PerplexityResponse(BaseModel):
     perplexity: float = Field(description="exp(nll)")
     nll: float = Field(description="mean negative log-likelihood, nats per scored character")
     bits_per_char: float
-    num_scored: int = Field(description="characters scored: len(text) - 1, or len(text) after a context")
+    num_scored: int = Field(description="characters scored: len(text) - 1, or len(text) after a context or a "
+                            "state")
     unknown_chars: int = Field(description="characters of text and context outside the vocabulary")
     cached_chars: int = Field(0, description="characters of the context whose state came from the prefix cache")
     tokens: list[str] | None = None
     token_logprobs: list[float] | None = None
+    state: str | None = Field(None, description="with return_state: the token of the state after context + text")
+    state_chars: int | None = Field(None, description="with return_state: characters that state has read, all "
+                                    "requests together")
+
+
+class StateFields(Request):
+    """rnnlm's own extras of the OpenAI routes (sent with the openai client as ``extra_body``)."""
+
+    rnnlm_state: StateToken | None = Field(None, description="rnnlm's extra: a state token (from rnnlm_return_state); "
+                                    "the prompt is read from that state, exactly as if the text it has read came "
+                                    "before the prompt (\"\": none)")
+    rnnlm_return_state: bool = Field(False, description="rnnlm's extra: each choice also carries rnnlm_state, the "
+                                     "token of the state after the prompt, the completion and its stop_reason")
 
 
 class StreamOptions(Request):
     include_usage: bool = Field(False, description="send a last chunk with empty choices and the usage")
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, StateFields):
     """Every field of OpenAI's completions API; ``suffix`` is answered with a 400 (not supported)."""
 
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
@@ -165,6 +201,20 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["length", "stop"] | None
+    stop_reason: str | None = Field(None, description="vLLM's: the stop sequence that ended the text, if one did")
+    rnnlm_state: str | None = Field(None, description="with rnnlm_return_state: the token of the state after the "
+                                    "prompt, the text and stop_reason")
+    rnnlm_state_chars: int | None = Field(None, description="with rnnlm_return_state: characters that state has "
+                                          "read, all requests together")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_state(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """The state's fields only where a state was asked for."""
+        out = handler(self)
+        if self.rnnlm_state is None:
+            out.pop("rnnlm_state", None)
+            out.pop("rnnlm_state_chars", None)
+        return out
 
 
 class PromptTokensDetails(BaseModel):
@@ -239,7 +289,7 @@ class ChatMessage(Request):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, StateFields):
     """OpenAI's chat completions; the messages are rendered by the server's chat template (see /info)."""
 
     model: str | None = None

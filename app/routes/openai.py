@@ -34,14 +34,20 @@ def _logprobs(infos: list[TokenInfo], start_offset: int) -> CompletionLogprobs:
                               top_logprobs=[i.top for i in infos], text_offset=offsets)
 
 
-async def _prompt_infos(engine: EngineClient, prompt: str, k: int) -> list[TokenInfo]:
-    """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does)."""
-    infos = [TokenInfo(prompt[0], None, None)]
-    if len(prompt) > 1:
-        s = await engine.perplexity(prompt, None, True, top_k=k)
-        for i, char in enumerate(prompt[1:]):
+async def _prompt_infos(engine: EngineClient, prompt: str, k: int, state: str | None) -> list[TokenInfo]:
+    """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does),
+    unless the prompt is read after a state token."""
+    infos = [] if state else [TokenInfo(prompt[0], None, None)]
+    if len(prompt) > len(infos):
+        s = await engine.perplexity(prompt, None, True, top_k=k, state=state, param_state="rnnlm_state")
+        for i, char in enumerate(prompt[len(infos):]):
             infos.append(TokenInfo(char, s.token_logprobs[i], s.top[i] if k else None))
     return infos
+
+
+def _state_fields(g: Generation) -> dict:
+    """A choice's rnnlm_state and rnnlm_state_chars, where the client asked for them."""
+    return {"rnnlm_state": g.state, "rnnlm_state_chars": g.state_chars} if g.state is not None else {}
 
 
 def _choice(prompt: str, echo: bool, k: int | None, g: Generation, index: int,
@@ -51,7 +57,8 @@ def _choice(prompt: str, echo: bool, k: int | None, g: Generation, index: int,
     if k is not None:
         infos = (prompt_infos or []) + g.tokens if echo else list(g.tokens)
         logprobs = _logprobs(infos, 0)
-    return CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=g.finish_reason)
+    return CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=g.finish_reason,
+                            stop_reason=g.stop_reason, **_state_fields(g))
 
 
 def _prompts(body: CompletionRequest, engine: EngineClient) -> list[str]:
@@ -116,11 +123,13 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
     top = k if k is not None else (0 if ranking else None)
 
     async def one(prompt: str):
-        infos = await _prompt_infos(engine, prompt, k) if body.echo and k is not None else None
+        infos = await _prompt_infos(engine, prompt, k, body.rnnlm_state) if body.echo and k is not None else None
         generations = await engine.generate(prompt, max_tokens, samplers, stops, top,
                                             stream=body.stream and not ranking, param_prefix="prompt",
                                             param_tokens="max_tokens",
-                                            receive=request.receive, min_tokens=body.min_tokens)
+                                            receive=request.receive, min_tokens=body.min_tokens,
+                                            state=body.rnnlm_state, return_state=body.rnnlm_return_state,
+                                            param_state="rnnlm_state")
         return infos, (_best(generations, body.n) if ranking else generations)
 
     for prompt in prompts:
@@ -135,10 +144,11 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
             for _, _, g in streamed:
                 g.replay()
 
-        def chunk(index: int, text: str, finish: str | None, infos=None, offset=0) -> str:
+        def chunk(index: int, text: str, finish: str | None, infos=None, offset=0, end: dict | None = None) -> str:
             lp = _logprobs(infos, offset).model_dump() if infos is not None else None
+            choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish, **(end or {})}
             return event({"id": request_id, "object": "text_completion", "created": created, "model": model_id,
-                          "choices": [{"text": text, "index": index, "logprobs": lp, "finish_reason": finish}]})
+                          "choices": [choice]})
 
         sent = [0] * len(streamed)  # characters sent per choice (a generation may have received more by now)
 
@@ -152,7 +162,8 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         def on_end() -> list[str]:
             gs = [g for _, _, g in streamed]
             metrics.tokens_generated.inc(sum(g.num_tokens for g in gs))
-            end = [chunk(i, "", g.finish_reason) for i, g in enumerate(gs)]
+            end = [chunk(i, "", g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
+                   for i, g in enumerate(gs)]
             if body.stream_options is not None and body.stream_options.include_usage:
                 usage = _usage(prompts, gs, cached).model_dump()
                 end.append(event({"id": request_id, "object": "text_completion", "created": created,
@@ -233,7 +244,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
                                         stream=body.stream, param_prefix="messages", param_tokens=param,
                                         receive=request.receive, min_tokens=body.min_tokens,
-                                        server_stops=[template.turn_end] if template.turn_end else [])
+                                        server_stops=[template.turn_end] if template.turn_end else [],
+                                        state=body.rnnlm_state, return_state=body.rnnlm_return_state,
+                                        param_state="rnnlm_state", allow_empty=bool(body.rnnlm_state))
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
@@ -241,9 +254,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     if body.stream:
         sent = [0] * len(generations)  # characters sent per choice (a generation may have received more by now)
 
-        def chunk(index: int, delta: dict, finish: str | None = None, infos=None) -> str:
+        def chunk(index: int, delta: dict, finish: str | None = None, infos=None, end: dict | None = None) -> str:
             choice = {"index": index, "delta": delta, "finish_reason": finish,
-                      "logprobs": _chat_logprobs(infos) if infos is not None else None}
+                      "logprobs": _chat_logprobs(infos) if infos is not None else None, **(end or {})}
             return event({**head, "choices": [choice]})
 
         def on_piece(index: int, piece: str) -> str:
@@ -254,7 +267,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 
         def on_end() -> list[str]:
             metrics.tokens_generated.inc(sum(g.num_tokens for g in generations))
-            end = [chunk(i, {}, g.finish_reason) for i, g in enumerate(generations)]
+            end = [chunk(i, {}, g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
+                   for i, g in enumerate(generations)]
             if body.stream_options is not None and body.stream_options.include_usage:
                 usage = _usage([prompt], generations, generations[0].cached_chars).model_dump()
                 end.append(event({**head, "choices": [], "usage": usage}))
@@ -266,7 +280,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     usage = _usage([prompt], generations, generations[0].cached_chars)
     metrics.tokens_generated.inc(usage.completion_tokens)
     choices = [{"index": i, "message": {"role": "assistant", "content": g.completion},
-                "logprobs": _chat_logprobs(g.tokens) if k is not None else None, "finish_reason": g.finish_reason}
+                "logprobs": _chat_logprobs(g.tokens) if k is not None else None, "finish_reason": g.finish_reason,
+                "stop_reason": g.stop_reason, **_state_fields(g)}
                for i, g in enumerate(generations)]
     return {"id": request_id, "object": "chat.completion", "created": created, "model": model_id,
             "choices": choices, "usage": usage.model_dump()}

@@ -39,6 +39,7 @@ async def info(request: Request, engine: EngineClient = Depends(get_engine)) -> 
     return {
         "model": s.model_id,
         "weights": str(s.weights),
+        "weights_sha256": e["weights_sha256"],
         "config": e["config"],
         "parameters": e["parameters"],
         "vocab": e["vocab"],
@@ -62,6 +63,8 @@ async def info(request: Request, engine: EngineClient = Depends(get_engine)) -> 
             "stream_flush_ms": s.stream_flush_ms,
         },
         "chat_template": request.app.state.chat_template.describe(),
+        "state_token": {**e["state_token"],
+                        "secret": "RNNLM_STATE_SECRET" if s.state_secret is not None else "random: this server only"},
     }
 
 
