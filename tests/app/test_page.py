@@ -88,6 +88,32 @@ def test_page_generates_scores_and_shows_errors(server, page):
     expect(page.locator("#score-error")).to_contain_text("too short to score")
 
 
+def test_page_continues_with_the_state_sending_only_the_new_text(server, page):
+    base, _ = server
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/completions") else None)
+    page.goto(base + "/")
+    expect(page.locator("#model-info")).to_contain_text("parameters")
+    page.get_by_label("Prefix").fill("First Citizen:\n")
+    page.get_by_label("Tokens").fill("40")
+    page.get_by_role("button", name="Generate").click()
+    completion = page.get_by_label("Completion")
+    expect(completion).to_have_attribute("data-done", "true")
+    first = completion.text_content()
+
+    page.get_by_label("Continue with").fill("\nAll:\n")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#continue-info")).to_contain_text("did not read again")
+    expect(completion).to_have_attribute("data-done", "true")
+    read = "First Citizen:\n" + first
+    assert page.locator("#continue-info").get_attribute("data-saved") == str(len(read))
+    # only the new text went, with the state the first answer carried
+    assert sent[-1]["prompt"] == "\nAll:\n" and sent[-1]["rnnlm_state"]
+    # what came back is what the whole text, sent at once, gives
+    whole = httpx.post(base + "/predict", json={"prefix": read + "\nAll:\n", "num_tokens": 40}).json()
+    assert completion.text_content() == first + "\nAll:\n" + whole["completion"]
+
+
 def test_page_asks_for_the_api_key_and_sends_it(weights_file, tmp_path, page):
     base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_API_KEY="page-key")
     try:

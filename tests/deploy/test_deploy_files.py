@@ -46,6 +46,9 @@ def test_deployment_probes_ports_resources_and_secret():
         assert {"cpu", "memory"} <= container["resources"][kind].keys()
     env = {e["name"]: e for e in container["env"]}
     assert env["RNNLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rnnlm-api-key", "key": "api-key"}
+    # every replica signs state tokens with the same key, so any of them takes back any other's
+    assert env["RNNLM_STATE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "rnnlm-state-secret",
+                                                                       "key": "state-secret"}
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     # a read-only root file system still needs a writable /tmp: the engine's socket lives there
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
