@@ -35,16 +35,21 @@ def page(browser):
     assert external == [], f"the page made external requests: {external}"
 
 
-def test_page_generates_scores_and_shows_errors(server, page):
-    base, _ = server
+def generate_on_page(page, base: str, prefix: str, tokens: int):
+    """Open the page, generate ``tokens`` characters after ``prefix``, and return the completion's element."""
     page.goto(base + "/")
     expect(page.locator("#model-info")).to_contain_text("parameters")
-
-    page.get_by_label("Prefix").fill("First Citizen:\n")
-    page.get_by_label("Tokens").fill("60")
+    page.get_by_label("Prefix").fill(prefix)
+    page.get_by_label("Tokens").fill(str(tokens))
     page.get_by_role("button", name="Generate").click()
     completion = page.get_by_label("Completion")
     expect(completion).to_have_attribute("data-done", "true")
+    return completion
+
+
+def test_page_generates_scores_and_shows_errors(server, page):
+    base, _ = server
+    completion = generate_on_page(page, base, "First Citizen:\n", 60)
     expected = httpx.post(base + "/predict", json={"prefix": "First Citizen:\n", "num_tokens": 60}).json()
     assert completion.text_content() == expected["completion"]
     # each character's alternatives on hover: the API's top log-probabilities, as percentages
@@ -92,13 +97,7 @@ def test_page_continues_with_the_state_sending_only_the_new_text(server, page):
     base, _ = server
     sent = []
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/completions") else None)
-    page.goto(base + "/")
-    expect(page.locator("#model-info")).to_contain_text("parameters")
-    page.get_by_label("Prefix").fill("First Citizen:\n")
-    page.get_by_label("Tokens").fill("40")
-    page.get_by_role("button", name="Generate").click()
-    completion = page.get_by_label("Completion")
-    expect(completion).to_have_attribute("data-done", "true")
+    completion = generate_on_page(page, base, "First Citizen:\n", 40)
     first = completion.text_content()
 
     page.get_by_label("Continue with").fill("\nAll:\n")
