@@ -62,25 +62,29 @@ def batches_per_epoch(num_tokens: int, batch_size: int, time_step: int) -> int:
     return (num_tokens - time_step) // time_step // batch_size
 
 
-def epoch_batches(ids: Tensor, batch_size: int, time_step: int, sampling: str, seed: int, epoch: int):
-    """Yield (X, Y) pairs of shape (batch_size, time_step) for one epoch; Y is X shifted by one token."""
+def epoch_batches(ids: Tensor, batch_size: int, time_step: int, sampling: str, seed: int, epoch: int,
+                  positions: bool = False):
+    """Yield (X, Y) pairs of shape (batch_size, time_step) for one epoch; Y is X shifted by one token. ``ids``
+    may be any integer dtype (a memory-mapped uint8 file, say): X and Y are views or gathers of it, in its
+    dtype. With ``positions``, yield (X, Y, P) where P holds the index in ``ids`` of every token of X."""
     gen = _epoch_generator(seed, epoch)
     offset = int(torch.randint(0, time_step, (1,), generator=gen))
     num_batches = batches_per_epoch(len(ids), batch_size, time_step)
     stream = ids[offset:]
+    steps = torch.arange(time_step)
     if sampling == "sequential":
         row_len = (len(stream) - 1) // batch_size
         xs = stream[: batch_size * row_len].view(batch_size, row_len)  # (B, row_len)
         ys = stream[1 : batch_size * row_len + 1].view(batch_size, row_len)
+        row_starts = offset + torch.arange(batch_size)[:, None] * row_len  # (B, 1)
         for i in range(num_batches):
             cols = slice(i * time_step, (i + 1) * time_step)
-            yield xs[:, cols], ys[:, cols]
+            yield (xs[:, cols], ys[:, cols]) + ((row_starts + i * time_step + steps,) if positions else ())
     elif sampling == "random":
         num_windows = (len(stream) - 1) // time_step
         starts = torch.randperm(num_windows, generator=gen) * time_step
-        steps = torch.arange(time_step)
         for i in range(num_batches):
             index = starts[i * batch_size : (i + 1) * batch_size, None] + steps  # (B, T)
-            yield stream[index], stream[index + 1]
+            yield (stream[index], stream[index + 1]) + ((offset + index,) if positions else ())
     else:
         raise ValueError(f"sampling must be 'sequential' or 'random', got {sampling!r}")

@@ -29,39 +29,47 @@ TEACHER_CHUNK = 512  # columns per forward pass: memory stays (rows × chunk × 
 
 @torch.inference_mode()
 def teacher_log_probs(teacher: RNNLM, ids: Tensor, rows: int = TEACHER_ROWS, warmup: int = TEACHER_WARMUP,
-                      chunk: int = TEACHER_CHUNK) -> Tensor:
+                      chunk: int = TEACHER_CHUNK, out: Tensor | None = None) -> Tensor:
     """``out[j] = log p_teacher(ids[j + 1] = · | ids[..j])`` for every j < n - 1, shape (n, V), float16, on the CPU
-    (the last row, which has no next character, is zeros).
+    (the last row, which has no next character, is zeros). ``out``, when given, is written in place — a
+    memory-mapped table, say, for a corpus whose table would not fit in memory.
 
     The text is cut into ``rows`` consecutive parts read side by side; each part except the first is read after
     the ``warmup`` characters before it, so no prediction starts from an empty state except at the text's start.
+    Only one chunk of columns is ever laid out, (rows × chunk): the text itself may be memory-mapped.
     """
     teacher.eval()
     n, vocab = len(ids), teacher.config.vocab_size
-    out = torch.zeros(n, vocab, dtype=torch.float16)
+    if out is None:
+        out = torch.zeros(n, vocab, dtype=torch.float16)
+    else:
+        out[n - 1 :] = 0
     if n < 2:
         return out
     part = -(-n // rows)  # ceil
     rows = -(-n // part)
     width = part + warmup
-    tokens = torch.zeros(rows, width, dtype=torch.long)
-    positions = torch.full((rows, width), -1, dtype=torch.long)  # where each column's prediction goes; -1: drop
-    for r in range(rows):
-        start = r * part
-        first = max(0, start - warmup) if r else 0  # the first part has nothing before it: read from 0
-        stop = min(n, first + width)
-        tokens[r, : stop - first] = ids[first:stop]
-        keep = torch.arange(first, stop)
-        own = (keep >= start) & (keep < min(n - 1, start + part))
-        positions[r, : stop - first] = torch.where(own, keep, -1)
+    starts = torch.arange(rows) * part  # (rows,): where each part's own predictions begin
+    firsts = torch.where(starts > 0, (starts - warmup).clamp(min=0), starts)  # where each row starts reading
+    stops = (firsts + width).clamp(max=n)  # where each row stops reading
+    owns = (starts + part).clamp(max=n - 1)  # each part's own predictions end here (the last character has none)
     state = None
-    for cols in torch.arange(width).split(chunk):
-        logits, state = teacher(tokens[:, cols].to(teacher.device), state)  # (rows, c, V)
+    for begin in range(0, width, chunk):
+        where = firsts[:, None] + torch.arange(begin, min(begin + chunk, width))  # (rows, c): text positions
+        read = where < stops[:, None]
+        tokens = torch.from_numpy(_gather(ids, where.clamp(max=n - 1))).long() * read
+        logits, state = teacher(tokens.to(teacher.device), state)  # (rows, c, V)
+        mask = read & (where >= starts[:, None]) & (where < owns[:, None])
         logp = F.log_softmax(logits.float(), dim=-1).cpu()
-        where = positions[:, cols]
-        mask = where >= 0
         out[where[mask]] = logp[mask].to(torch.float16)
     return out
+
+
+def _gather(ids, index: Tensor):
+    """``ids[index]`` as a numpy array, for ids a tensor or a (memory-mapped) numpy array."""
+    if isinstance(ids, Tensor):
+        return ids[index].numpy()
+    return ids[index.numpy()]
 
 
 def distillation_loss(logits: Tensor, targets: Tensor, teacher_logp: Tensor, alpha: float) -> tuple[Tensor, Tensor]:

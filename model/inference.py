@@ -27,7 +27,7 @@ DEFAULT_CHUNK = 4096
 
 
 def _as_batch(ids: Tensor, model: RNNLM) -> Tensor:
-    return ids.to(model.device).reshape(1, -1)  # (1, T)
+    return ids.to(model.device).long().reshape(1, -1)  # (1, T); ids may come as uint8 (a memory-mapped file)
 
 
 def iter_warm(
@@ -162,9 +162,9 @@ def iter_score(
             top_indices.append(indices.cpu())
 
     if first is not None:
-        record(first[None], stream[:1].to(model.device))
+        record(first[None], stream[:1].to(model.device).long())
     for begin in range(0, stream.numel() - 1, chunk_size):
-        targets = stream[begin + 1 : begin + 1 + chunk_size].to(model.device)
+        targets = stream[begin + 1 : begin + 1 + chunk_size].to(model.device).long()
         last = begin + 1 + targets.numel() == stream.numel()
         # the last chunk reads the last id too when its state is wanted (its scores are not needed)
         inputs = stream[begin : begin + targets.numel() + (last and return_state)]

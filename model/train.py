@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ from tqdm import tqdm
 from model.atomic import atomic_write
 from model.cells import State
 from model.clipping import grad_clipping
-from model.data import CorpusError, batches_per_epoch, epoch_batches, read_corpus
+from model.data import CorpusError, batches_per_epoch, epoch_batches
+from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.distill import distillation_loss, teacher_log_probs
 from model.inference import generate, score, warm
 from model.lm import LMConfig, RNNLM
@@ -38,8 +40,9 @@ from model.weights import WeightsError, load_weights, save_weights
 __all__ = ["main", "parse_args"]
 
 SAMPLE_PREFIX = "\n"
+TEACHER_TABLE_IN_MEMORY = 2 * 2**30  # bytes: a larger teacher table goes to a memory-mapped file
 # Options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads"}
+RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir"}
 
 
 class TrainError(Exception):
@@ -122,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=["sequential", "random"], default="sequential",
                    help="sequential: carry each row's state across batches; random: fresh state per window")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the data order")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where the corpus's token-id file is kept and found again (default: $RNNLM_CACHE_DIR, "
+                        "else ~/.cache/rnnlm)")
     p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, else CPU")
@@ -165,14 +171,15 @@ class Run:
         self.ckpt_path = self.out.with_suffix(".ckpt")
         self.metrics_path = self.out.with_suffix(".metrics.jsonl")
 
-        corpus = read_corpus(args.corpus)
-        text = corpus.text
-        self.vocab = Vocab.from_json(resume["vocab"]) if resume else Vocab.from_corpus(text)
-        split = int(len(text) * (1 - args.val_fraction))  # as nanoGPT: train = text[:int(n * 0.9)]
-        self.train_ids = self.vocab.encode(text[:split])
-        self.val_ids = self.vocab.encode(text[split:])
+        corpus = self._encoded_corpus(args, Vocab.from_json(resume["vocab"]) if resume else None)
+        self.vocab = corpus.vocab
+        ids = torch.from_numpy(corpus.ids)  # memory-mapped: only the pages a run reads come into memory
+        n = len(ids)
+        split = int(n * (1 - args.val_fraction))  # as nanoGPT: train = text[:int(n * 0.9)]
+        self.train_ids, self.val_ids = ids[:split], ids[split:]
         self.corpus_files = corpus.files
-        self.split = {"val_fraction": args.val_fraction, "train_chars": split, "val_chars": len(text) - split,
+        self.corpus_cache = corpus.path
+        self.split = {"val_fraction": args.val_fraction, "train_chars": split, "val_chars": n - split,
                       "val": "the last val_fraction of the corpus"}
         if args.batch_size % self.world:
             raise TrainError(f"--batch-size {args.batch_size} is not divisible by the {self.world} processes")
@@ -206,6 +213,16 @@ class Run:
         if resume:
             self._restore(resume)
 
+    def _encoded_corpus(self, args: argparse.Namespace, vocab: Vocab | None) -> EncodedCorpus:
+        """The corpus as a memory-mapped id file (model/id_file.py), encoded by rank 0 while the others wait."""
+        cache = args.cache_dir or default_cache_dir()
+        if self.world > 1 and self.rank != 0:
+            torch_dist.barrier()  # rank 0 encodes; then every rank finds the file unchanged
+        corpus = encode_corpus(args.corpus, cache, vocab, progress=self.rank == 0)
+        if self.world > 1 and self.rank == 0:
+            torch_dist.barrier()
+        return corpus
+
     def _teacher(self, path: str | None) -> tuple[torch.Tensor | None, dict | None]:
         """The teacher's log-probabilities for every next character of the training split (model/distill.py)."""
         if not path:
@@ -217,20 +234,35 @@ class Run:
         if teacher.vocab != self.vocab:
             raise TrainError(f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's "
                              f"({len(self.vocab)} tokens)")
-        logp = teacher_log_probs(teacher.model, self.train_ids).to(self.device)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        logp = self._teacher_table(teacher.model, digest)
         return logp, {"name": Path(path).name, "sha256": digest, "config": teacher.config.to_dict(),
                       "val_nll": teacher.training.get("val_nll")}
+
+    def _teacher_table(self, teacher: RNNLM, digest: str) -> torch.Tensor:
+        """The teacher's (n × V) float16 table, in memory up to TEACHER_TABLE_IN_MEMORY, else in a memory-mapped
+        file beside the corpus's ids (kept, so a resumed run reads it instead of running the teacher again)."""
+        n, vocab = len(self.train_ids), teacher.config.vocab_size
+        if n * vocab * 2 <= TEACHER_TABLE_IN_MEMORY:
+            return teacher_log_probs(teacher, self.train_ids).to(self.device)
+        path = self.corpus_cache.with_name(f"{self.corpus_cache.stem}.teacher-{digest[:16]}-{n}.f16")
+        done = path.with_suffix(".done")
+        table = np.memmap(path, dtype=np.float16, mode="r+" if done.exists() else "w+", shape=(n, vocab))
+        logp = torch.from_numpy(table)
+        if not done.exists():
+            teacher_log_probs(teacher, self.train_ids, out=logp)
+            table.flush()
+            done.write_text("complete\n")
+        return logp
 
     def batches(self, epoch: int):
         """(X, Y, P) for every batch of an epoch: P holds the training-split positions of X (for the teacher)."""
         args = self.args
-        pairs = epoch_batches(self.train_ids, args.batch_size, args.time_step, args.sampling, args.seed, epoch)
+        pairs = epoch_batches(self.train_ids, args.batch_size, args.time_step, args.sampling, args.seed, epoch,
+                              positions=self.teacher_logp is not None)
         if self.teacher_logp is None:
             return ((X, Y, None) for X, Y in pairs)
-        positions = torch.arange(len(self.train_ids))
-        laid_out = epoch_batches(positions, args.batch_size, args.time_step, args.sampling, args.seed, epoch)
-        return ((X, Y, P) for (X, Y), (P, _) in zip(pairs, laid_out))
+        return pairs
 
     # -- schedule -------------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -246,7 +278,7 @@ class Run:
     def train_step(self, X: torch.Tensor, Y: torch.Tensor, P: torch.Tensor | None = None) -> float:
         """One optimizer step on a batch; returns the cross-entropy on the text (the teacher's term aside)."""
         rows = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        X, Y = X[rows].to(self.device), Y[rows].to(self.device)
+        X, Y = X[rows].to(self.device).long(), Y[rows].to(self.device).long()  # ids may be uint8 (memory-mapped)
         state = None
         if self.args.sampling == "sequential" and self.carried is not None:
             state = tuple(s[:, rows] for s in self.carried)  # detached: BPTT stops at the batch
@@ -256,7 +288,7 @@ class Run:
         if P is None:
             loss = text_loss = F.cross_entropy(logits, Y.reshape(-1))
         else:
-            teacher = self.teacher_logp[P[rows].reshape(-1).to(self.teacher_logp.device)]
+            teacher = self.teacher_logp[P[rows].reshape(-1).to(self.teacher_logp.device)].to(self.device)
             loss, text_loss = distillation_loss(logits, Y.reshape(-1), teacher, self.args.distill)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

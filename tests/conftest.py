@@ -36,6 +36,13 @@ def make_weights_file(path, cell: str = "rnn") -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory):
+    """The trainer's token-id files go to a folder of this test session (and its subprocesses), never ~/.cache."""
+    os.environ["RNNLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("rnnlm-cache"))
+    yield os.environ["RNNLM_CACHE_DIR"]
+
+
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> str:
     return make_weights_file(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
