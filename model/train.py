@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -247,6 +248,10 @@ class Run:
             return teacher_log_probs(teacher, self.train_ids).to(self.device)
         path = self.corpus_cache.with_name(f"{self.corpus_cache.stem}.teacher-{digest[:16]}-{n}.f16")
         done = path.with_suffix(".done")
+        free = shutil.disk_usage(path.parent).free + (path.stat().st_size if path.exists() else 0)
+        if not done.exists() and free < n * vocab * 2:
+            raise TrainError(f"--teacher: its table for {n:,} characters needs {n * vocab * 2 / 1e9:,.1f} GB and "
+                             f"{path.parent} has {free / 1e9:,.1f} GB free (set --cache-dir elsewhere)")
         table = np.memmap(path, dtype=np.float16, mode="r+" if done.exists() else "w+", shape=(n, vocab))
         logp = torch.from_numpy(table)
         if not done.exists():

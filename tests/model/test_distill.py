@@ -137,3 +137,19 @@ def _other_corpus(d):
     path = d / "other.txt"
     path.write_text("a different text, with OTHER letters: xyz! " * 100)
     return path
+
+
+def test_a_teacher_table_over_the_memory_budget_is_a_memory_mapped_file_with_the_same_values(tmp_path, monkeypatch):
+    import model.train as train_module
+
+    teacher_path = train(tmp_path, _corpus(tmp_path), "teacher", "--max-steps", "2")
+    argv = ["--corpus", str(tmp_path / "corpus.txt"), "--teacher", str(teacher_path), "--hidden", "8"]
+    in_memory = Run(parse_args(argv), None).teacher_logp
+    monkeypatch.setattr(train_module, "TEACHER_TABLE_IN_MEMORY", 0)
+    mapped = Run(parse_args(argv), None)
+    files = list(mapped.corpus_cache.parent.glob("*.teacher-*.f16"))
+    assert len(files) == 1 and files[0].stat().st_size == in_memory.numel() * 2
+    assert torch.equal(mapped.teacher_logp, in_memory)
+    written = files[0].stat().st_mtime_ns
+    assert torch.equal(Run(parse_args(argv), None).teacher_logp, in_memory)
+    assert files[0].stat().st_mtime_ns == written  # found again, not written again
