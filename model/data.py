@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["Corpus", "CorpusError", "batches_per_epoch", "epoch_batches", "read_corpus"]
+__all__ = ["Corpus", "CorpusError", "batches_per_epoch", "epoch_batches", "read_bytes", "read_corpus"]
 
 
 class CorpusError(Exception):
@@ -30,20 +30,27 @@ class Corpus:
     files: list[dict]  # name, sha256, chars of each file
 
 
+def read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The file's bytes (at most ``limit``), or a one-line CorpusError for a missing, unreadable or empty file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except FileNotFoundError:
+        raise CorpusError(f"corpus {path}: file not found") from None
+    except IsADirectoryError:
+        raise CorpusError(f"corpus {path}: is a directory") from None
+    except OSError as e:
+        raise CorpusError(f"corpus {path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise CorpusError(f"corpus {path}: file is empty")
+    return data
+
+
 def read_corpus(paths: list[str | os.PathLike]) -> Corpus:
     """Read UTF-8 text files (concatenated in order), refusing missing, unreadable, empty or non-UTF-8 files."""
     texts, files = [], []
     for path in map(Path, paths):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorpusError(f"corpus {path}: file not found") from None
-        except IsADirectoryError:
-            raise CorpusError(f"corpus {path}: is a directory") from None
-        except OSError as e:
-            raise CorpusError(f"corpus {path}: cannot read ({e.strerror})") from None
-        if not data:
-            raise CorpusError(f"corpus {path}: file is empty")
+        data = read_bytes(path)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.atomic import atomic_write, atomic_write_bytes
-from model.data import CorpusError
+from model.data import CorpusError, read_bytes
 from model.vocab import Vocab
 
 __all__ = ["BLOCK_BYTES", "EncodedCorpus", "default_cache_dir", "encode_corpus"]
@@ -81,20 +81,6 @@ def _blocks(path: Path, block_bytes: int):
             yield data, text  # text may be "": a block holding part of one character
 
 
-def _check_readable(path: Path) -> None:
-    try:
-        with open(path, "rb") as f:
-            first = f.read(1)
-    except FileNotFoundError:
-        raise CorpusError(f"corpus {path}: file not found") from None
-    except IsADirectoryError:
-        raise CorpusError(f"corpus {path}: is a directory") from None
-    except OSError as e:
-        raise CorpusError(f"corpus {path}: cannot read ({e.strerror})") from None
-    if not first:
-        raise CorpusError(f"corpus {path}: file is empty")
-
-
 def _key(sources: list[Path]) -> str:
     """The id file's name: from the sources' paths, in order."""
     h = hashlib.sha256()
@@ -111,7 +97,7 @@ def encode_corpus(paths: list[str | os.PathLike], cache_dir: str | os.PathLike |
     corpus's own, built in the same streaming pass."""
     sources = [Path(p) for p in paths]
     for p in sources:
-        _check_readable(p)
+        read_bytes(p, 1)  # missing, unreadable or empty: one line now, before any work
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
