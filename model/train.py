@@ -88,52 +88,56 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module's docstring as written, and every option's default after its help."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="rnnlm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(prog="rnnlm-train", description=__doc__, formatter_class=_Help)
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="UTF-8 text file(s) to train on, concatenated")
     p.add_argument("--out", default="weights/model.safetensors", help="weight file to write (best by validation)")
-    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn", help="recurrent cell (default: rnn)")
-    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H (default: 512)")
-    p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers (default: 1)")
+    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn", help="recurrent cell")
+    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H")
+    p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
     p.add_argument("--dropout", type=_finite_float(0.0, 0.95), default=0.0,
-                   help="dropout on every layer's outputs while training (default: 0)")
+                   help="dropout on every layer's outputs while training")
     p.add_argument("--weight-drop", type=_finite_float(0.0, 0.95), default=0.0,
                    help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
-                        "the full W_hh at evaluation (default: 0)")
+                        "the full W_hh at evaluation")
     p.add_argument("--teacher", metavar="WEIGHTS",
                    help="a trained weight file with the same vocabulary: the model also learns the teacher's predicted "
                         "distribution at every position (knowledge distillation; see model/distill.py)")
     p.add_argument("--distill", type=_finite_float(0.0, 1.0), default=0.5,
-                   help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution) (default: 0.5)")
-    p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T (default: 128)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global (default: 64)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd (default: adam)")
+                   help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution)")
+    p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd")
     p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3,
-                   help="peak learning rate (default: 0.002)")
+                   help="peak learning rate")
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                    help="cosine: linear warm-up then cosine decay to --min-lr-ratio×lr over all --epochs")
-    p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps (default: 100)")
+    p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps")
     p.add_argument("--min-lr-ratio", type=_finite_float(0.0, 1.0), default=0.05,
-                   help="cosine schedule: the final learning rate as a fraction of --lr (default: 0.05)")
-    p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0, help="L2 weight decay (default: 0)")
+                   help="cosine schedule: the final learning rate as a fraction of --lr")
+    p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0, help="L2 weight decay")
     p.add_argument("--clip", type=_finite_float(0.0, 1e6, low_open=True), default=1.0,
                    help="θ: if the global gradient norm exceeds θ, scale every gradient by θ/norm")
-    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split (default: 20)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split")
     p.add_argument("--max-steps", type=_positive_int, default=None,
                    help="stop after this many steps in all (the lr schedule still spans --epochs)")
     p.add_argument("--val-fraction", type=_finite_float(0.0, 0.5), default=0.1,
-                   help="the tail of the corpus held out for validation (default: 0.1)")
+                   help="the tail of the corpus held out for validation")
     p.add_argument("--sampling", choices=["sequential", "random"], default="sequential",
                    help="sequential: carry each row's state across batches; random: fresh state per window")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the data order")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where the corpus's token-id file is kept and found again (default: $RNNLM_CACHE_DIR, "
+                   help="where the corpus's token-id file is kept and found again (None: $RNNLM_CACHE_DIR, "
                         "else ~/.cache/rnnlm)")
     p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, else CPU")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--eval-every", type=_positive_int, default=500, help="steps between evaluations")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (None: torch's choice)")
+    p.add_argument("--eval-every", type=_positive_int, default=500, help="steps between evaluations (and at least one each epoch)")
     p.add_argument("--eval-chars", type=_positive_int, default=200_000,
                    help="at most this many validation characters per periodic evaluation (the final one uses all)")
     p.add_argument("--sample-chars", type=_non_negative_int, default=120,
@@ -211,6 +215,7 @@ class Run:
         self.wall_time = 0.0
         self.best_val = math.inf
         self.carried: State | None = None  # sequential sampling: each row's state, (L, B, H) globally
+        self.plot_note_shown = False
         if resume:
             self._restore(resume)
 
@@ -407,8 +412,9 @@ def _pick_device(choice: str, rank: int) -> str:
 
 
 def _check_writable(directory: Path) -> None:
+    if not directory.is_dir():
+        raise TrainError(f"--out: the folder {directory} does not exist (create it first)")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".rnnlm-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -474,6 +480,7 @@ def train(args: argparse.Namespace) -> int:
     losses: list[float] = []
     last_time = time.perf_counter()
     epoch = run.step // run.steps_per_epoch
+    eval_every = min(args.eval_every, run.steps_per_epoch)  # at least once an epoch: a weight file early on
     while run.step < limit and stop.signum is None:
         skip = run.step - epoch * run.steps_per_epoch
         if skip == 0 and run.args.sampling == "sequential":
@@ -490,7 +497,7 @@ def train(args: argparse.Namespace) -> int:
                 recent = sum(losses[-10:]) / len(losses[-10:])
                 bar.set_postfix(loss=f"{recent:.3f}", ppl=f"{math.exp(recent):.2f}",
                                 tok_s=f"{run.tokens_seen / max(run.wall_time, 1e-9):,.0f}", refresh=False)
-            if run.step % args.eval_every == 0 or run.step == limit:
+            if run.step % eval_every == 0 or run.step == limit:
                 evaluate(run, losses, bar, final=run.step == limit)
                 losses = []
                 last_time = time.perf_counter()
@@ -540,6 +547,10 @@ def _plot(run: Run) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if not run.plot_note_shown:
+            print(f"note: matplotlib is not installed, so no {run.out.with_suffix('.png')} is written "
+                  "(pip install -e '.[plot]')", flush=True)
+            run.plot_note_shown = True
         return
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))

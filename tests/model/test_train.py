@@ -1,5 +1,7 @@
 """The trainer, run as its users run it: through ``main`` (in process) or the command line (subprocess)."""
 
+import argparse
+import json
 import os
 import shutil
 import signal
@@ -25,6 +27,7 @@ def corpus(tmp_path):
 
 def train(tmp_path, corpus, name, *extra):
     out = tmp_path / name / "m.safetensors"
+    out.parent.mkdir(exist_ok=True)
     args = ["--corpus", str(corpus), "--out", str(out), "--hidden", "32", "--time-step", "16", "--batch-size", "8",
             "--eval-every", "1000", "--sample-chars", "10", *extra]
     assert main(args) == 0
@@ -60,9 +63,9 @@ def test_stopping_and_resuming_gives_the_same_weights_as_training_straight(tmp_p
 def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corpus):
     common = ["--corpus", str(corpus), "--hidden", "16", "--time-step", "8", "--batch-size", "8", "--max-steps", "1",
               "--optimizer", "sgd", "--lr", "0.5", "--lr-schedule", "constant", "--sample-chars", "0"]
-    single = tmp_path / "single" / "m.safetensors"
+    single = tmp_path / "single.safetensors"
     assert main([*common, "--out", str(single)]) == 0
-    double = tmp_path / "ddp" / "m.safetensors"
+    double = tmp_path / "ddp.safetensors"
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "model.train", *common,
                            "--out", str(double), "--device", "cpu"],
@@ -112,11 +115,14 @@ def write(path, data: bytes):
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--dropout", "1.5"], "--dropout"),
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--weight-drop", "-0.2"], "--weight-drop"),
     (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
-                "--out", str(d / "ok.txt" / "sub" / "m.safetensors")], "cannot write"),
+                "--out", str(d / "ok.txt" / "sub" / "m.safetensors")], "does not exist"),
+    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
+                "--out", str(d / "missing" / "m.safetensors")], "the folder"),
     (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
     (lambda d: [], "--corpus is required"),
 ], ids=["missing", "empty", "directory", "not-utf8", "too-short", "zero-hidden", "nan-lr", "text-batch",
-        "dropout-range", "weight-drop-range", "unwritable-out", "bad-resume", "no-corpus"])
+        "dropout-range", "weight-drop-range", "out-under-a-file", "out-in-a-missing-folder", "bad-resume",
+        "no-corpus"])
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, expected):
     args = make_args(tmp_path) + ["--time-step", "16", "--batch-size", "8"] * ("--batch-size" not in make_args(tmp_path))
     try:
@@ -154,3 +160,30 @@ def test_kill_9_at_any_moment_never_leaves_a_corrupt_weight_file_or_checkpoint(t
     (tmp_path / ".m.safetensors.k9xyz.tmp").write_bytes(b"half a file")  # as a kill during a write leaves
     assert main(["--resume", str(out.with_suffix(".ckpt")), "--max-steps", "1"]) == 0  # already past: just saves
     assert not list(tmp_path.glob(".*.tmp")), "a new run clears what killed runs left half-written"
+
+
+def test_help_shows_every_option_s_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    from model.train import build_parser
+
+    for action in build_parser()._actions:
+        if action.option_strings and action.default is not argparse.SUPPRESS and action.dest != "help":
+            assert f"(default: {action.default})" in shown, action.option_strings
+
+
+def test_a_run_shorter_than_eval_every_still_evaluates_every_epoch_and_says_when_no_plot_is_written(
+        tmp_path, corpus, capsys):
+    out = train(tmp_path, corpus, "epochs", "--epochs", "3")  # --eval-every 1000 (the helper's), a few steps an epoch
+    records = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines()]
+    steps_per_epoch = records[-1]["step"] // 3
+    assert [r["step"] for r in records] == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
+    printed = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert printed.count("is written (pip install -e '.[plot]')") == 1
+        assert not out.with_suffix(".png").exists()
+    else:
+        assert out.with_suffix(".png").exists()
