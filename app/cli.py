@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"rnnlm-serve: error: {_settings_error(e, {})}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="rnnlm-serve", description="Serve an rnnlm weight file over HTTP. "
-                                     "Every option can also be set from the environment (RNNLM_HOST, …).")
+    parser = argparse.ArgumentParser(
+        prog="rnnlm-serve",
+        description="Serve an rnnlm weight file over HTTP. "
+        "Every option can also be set from the environment (RNNLM_HOST, …).",
+    )
     parser.add_argument("--host", default=defaults.host, help=f"bind address (default: {defaults.host})")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port})")
     parser.add_argument("--weights", default=str(defaults.weights), help=f"weight file (default: {defaults.weights})")
@@ -73,8 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down: end with status 0, as asked.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run("app.asgi:app", factory=False, host=args.host, port=args.port, workers=args.workers,
-                    log_level=args.log_level, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            "app.asgi:app",
+            factory=False,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
     except SystemExit as e:
         if e.code not in (0, None):
             raise

@@ -52,6 +52,7 @@ class Drain:
             self.draining = True
             logger.info("draining: %d requests in flight get %.0f s to finish", self.in_flight, self.seconds)
             loop.call_soon_threadsafe(lambda: loop.create_task(self._then(lambda: exit_now(sig, frame))))
+
         return on_signal
 
     async def _then(self, exit_now) -> None:
@@ -72,8 +73,9 @@ class DrainMiddleware:
         if scope["type"] != "http" or scope["path"] in ALWAYS_ANSWERED:
             return await self.app(scope, receive, send)
         if self.drain.draining:
-            return await send_error(send, 503, "the server is shutting down; retry on another replica",
-                                    [(b"retry-after", b"1")])
+            return await send_error(
+                send, 503, "the server is shutting down; retry on another replica", [(b"retry-after", b"1")]
+            )
         self.drain.in_flight += 1
         try:
             await self.app(scope, receive, send)

@@ -15,12 +15,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from starlette.types import Receive
+
 from app import protocol as p
 from app.errors import ApiError
 from app.protocol import TokenInfo
 from app.settings import Settings
 from app.tokens import CharTokens
-from starlette.types import Receive
 
 __all__ = ["EngineClient", "Generation", "TokenInfo"]
 
@@ -212,14 +213,16 @@ class EngineClient:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         self._transport.write(p.frame([(kind, rid, payload)]))
 
-    def _request(self, kind: str, payload, generations: list[Generation] = (), stream: bool = False,
-                 state_param: str = "state") -> _Pending:
+    def _request(
+        self, kind: str, payload, generations: list[Generation] = (), stream: bool = False, state_param: str = "state"
+    ) -> _Pending:
         if not self.ready:
             raise ApiError(503, "the engine is not ready; retry shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        request = _Pending(rid, loop.create_future(), list(generations), loop.create_future() if stream else None,
-                           state_param)
+        request = _Pending(
+            rid, loop.create_future(), list(generations), loop.create_future() if stream else None, state_param
+        )
         self._pending[rid] = request
         for g in generations:
             g.cancel = lambda: self._cancel(rid)
@@ -256,13 +259,13 @@ class EngineClient:
     def check_model(self, model: str | None) -> None:
         """A request may name the served model (its weight file's stem) or none."""
         if model not in (None, self.settings.model_id):
-            raise ApiError(404, f"model {model!r} not found; this server serves {self.settings.model_id!r}",
-                           "model")
+            raise ApiError(404, f"model {model!r} not found; this server serves {self.settings.model_id!r}", "model")
 
     def check_chars(self, value: str | None, param: str) -> None:
         if value is not None and len(value) > self.settings.max_text_chars:
-            raise ApiError(422, f"{param} has {len(value):,} characters; the limit is "
-                                f"{self.settings.max_text_chars:,}", param)
+            raise ApiError(
+                422, f"{param} has {len(value):,} characters; the limit is {self.settings.max_text_chars:,}", param
+            )
 
     def check_tokens(self, n: int, param: str) -> None:
         if n > self.settings.max_num_tokens:
@@ -276,12 +279,25 @@ class EngineClient:
         return stops
 
     # -- the work -------------------------------------------------------------------------------------------
-    async def generate(self, prefix: str, num_tokens: int, samplers: list[dict], stops: list[str],
-                       top_logprobs: int | None = None, *, stream: bool = False, param_prefix: str = "prefix",
-                       param_tokens: str = "num_tokens", receive: Receive | None = None,
-                       allow_empty: bool = False, min_tokens: int = 0, server_stops: list[str] = (),
-                       state: str | None = None, return_state: bool = False,
-                       param_state: str = "state") -> list[Generation]:
+    async def generate(
+        self,
+        prefix: str,
+        num_tokens: int,
+        samplers: list[dict],
+        stops: list[str],
+        top_logprobs: int | None = None,
+        *,
+        stream: bool = False,
+        param_prefix: str = "prefix",
+        param_tokens: str = "num_tokens",
+        receive: Receive | None = None,
+        allow_empty: bool = False,
+        min_tokens: int = 0,
+        server_stops: list[str] = (),
+        state: str | None = None,
+        return_state: bool = False,
+        param_state: str = "state",
+    ) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
         engine has sent their first text (read :meth:`Generation.stream`), so a refusal still has its status.
@@ -296,23 +312,33 @@ class EngineClient:
         self.check_tokens(num_tokens, param_tokens)
         self.check_stops(stops)
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
-        body = p.GenerateRequest(prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream,
-                                 min_tokens, state, return_state)
+        body = p.GenerateRequest(
+            prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream, min_tokens, state, return_state
+        )
         request = self._request(p.GENERATE, body, generations, stream, param_state)
         await self._wait(request, request.first if stream else request.result, receive)
         return generations
 
-    async def perplexity(self, text: str, context: str | None, return_logprobs: bool, top_k: int = 0,
-                         receive: Receive | None = None, state: str | None = None, return_state: bool = False,
-                         param_state: str = "state") -> p.ScoreResult:
+    async def perplexity(
+        self,
+        text: str,
+        context: str | None,
+        return_logprobs: bool,
+        top_k: int = 0,
+        receive: Receive | None = None,
+        state: str | None = None,
+        return_state: bool = False,
+        param_state: str = "state",
+    ) -> p.ScoreResult:
         """The score of ``text`` (after ``state``'s text and ``context``), with how many characters of both
         are outside the vocabulary and how many context characters came from the prefix cache."""
         self.check_chars(text, "text")
         self.check_chars(context, "context")
         state = state or None  # "" is no state
         if len(text) + (1 if context or state is not None else 0) < 2:
-            raise ApiError(422, "text is too short to score: give at least 2 characters, or 1 after a context "
-                                "or a state", "text")
+            raise ApiError(
+                422, "text is too short to score: give at least 2 characters, or 1 after a context or a state", "text"
+            )
         body = p.ScoreRequest(text, context or None, return_logprobs, top_k, state, return_state)
         request = self._request(p.SCORE, body, state_param=param_state)
         return await self._wait(request, request.result, receive)

@@ -118,14 +118,25 @@ class EngineCore:
         self.state_shape = (len(zeros), *zeros[0].shape)  # (tensors, layers, 1, hidden)
         self.states = StateCodec(secret, self.loaded.sha256, math.prod(self.state_shape))
         self.blas = BlasThreads(self.blas_threads, step_flops(self.model))
-        self.cache = (PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
-                      if settings.prefix_cache_entries > 0 else None)
+        self.cache = (
+            PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
+            if settings.prefix_cache_entries > 0
+            else None
+        )
         if settings.batching:
-            self.scheduler = Scheduler(self.model, self.cache, settings.max_batch_size, settings.max_queue,
-                                       settings.prefill_chars, settings.chunk_chars, self._interrupt)
+            self.scheduler = Scheduler(
+                self.model,
+                self.cache,
+                settings.max_batch_size,
+                settings.max_queue,
+                settings.prefill_chars,
+                settings.chunk_chars,
+                self._interrupt,
+            )
         else:
-            self.scheduler = OneAtATime(self.model, self.cache, settings.max_queue, settings.chunk_chars,
-                                        self._interrupt)
+            self.scheduler = OneAtATime(
+                self.model, self.cache, settings.max_queue, settings.chunk_chars, self._interrupt
+            )
         self.flush_s = settings.stream_flush_ms / 1000
         self._requests: dict[tuple[_Connection, int], _Request] = {}
         self._outbox: dict[_Connection, list[tuple]] = {}
@@ -284,8 +295,9 @@ class EngineCore:
         try:
             self.scheduler.submit(request.job)
         except QueueFull:
-            raise _Refused(429, f"the server is busy: {self.settings.max_queue} requests are already queued; "
-                                "retry shortly") from None
+            raise _Refused(
+                429, f"the server is busy: {self.settings.max_queue} requests are already queued; retry shortly"
+            ) from None
         self._requests[request.client, request.rid] = request
         self._submitted += 1
 
@@ -300,10 +312,28 @@ class EngineCore:
                 stream = _Stream(i)
                 request.streams.append(stream)
                 on_piece = self._piece_sink(request, stream)
-            decodings.append(Decoding(r.prefix, self.vocab, r.num_tokens, Sampler(**fields), r.stops,
-                                      r.top_logprobs, on_piece, r.min_tokens, ids))
-        job = GenerationJob(on_done=lambda result, error: self._done(request, result, error), text=r.prefix,
-                            ids=ids, decodings=decodings, start=start, root=root, want_state=r.return_state)
+            decodings.append(
+                Decoding(
+                    r.prefix,
+                    self.vocab,
+                    r.num_tokens,
+                    Sampler(**fields),
+                    r.stops,
+                    r.top_logprobs,
+                    on_piece,
+                    r.min_tokens,
+                    ids,
+                )
+            )
+        job = GenerationJob(
+            on_done=lambda result, error: self._done(request, result, error),
+            text=r.prefix,
+            ids=ids,
+            decodings=decodings,
+            start=start,
+            root=root,
+            want_state=r.return_state,
+        )
         job.chars_before = chars
         if not r.prefix:  # from the state as it is: H_0 = 0 (the notebook's), or the client's
             job.start = self.model.init_state(1) if start is None else start
@@ -345,8 +375,18 @@ class EngineCore:
                 if self.cache is not None:
                     self.cache.put(r.context[:-1], start, logits, root)
             context_ids = context_ids[-1:]
-        return (yield from iter_score(self.model, ids, context_ids, start=start, return_logprobs=r.return_logprobs,
-                                      top_k=r.top_k, return_state=r.return_state, chunk_size=chunk))
+        return (
+            yield from iter_score(
+                self.model,
+                ids,
+                context_ids,
+                start=start,
+                return_logprobs=r.return_logprobs,
+                top_k=r.top_k,
+                return_state=r.return_state,
+                chunk_size=chunk,
+            )
+        )
 
     # -- state tokens ---------------------------------------------------------------------------------------
     def _open_state(self, token: str | None) -> tuple[State | None, int, str]:
@@ -375,6 +415,7 @@ class EngineCore:
             stream.text.append(text)
             stream.infos.extend(infos)
             self._streaming.add(request)
+
         return sink
 
     def _done(self, request: _Request, result, error: BaseException | None) -> None:
@@ -401,7 +442,9 @@ class EngineCore:
         top = None
         if job.top_k:
             tokens = self.vocab.tokens
-            top = [{tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)]
+            top = [
+                {tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)
+            ]
         out = p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
         if score.state is not None:
             out.state_chars = job.chars_after
@@ -452,21 +495,43 @@ class EngineCore:
     # -- description ----------------------------------------------------------------------------------------
     def describe(self) -> dict:
         cfg = self.model.config
-        return {"config": cfg.to_dict(), "parameters": self.model.num_parameters(), "vocab": self.vocab.tokens,
-                "training": self.loaded.training, "device": str(self.model.device), "pid": os.getpid(),
-                "blas_threads": self.blas_threads, "weights_sha256": self.loaded.sha256,
-                "state_token": {"version": STATE_VERSION, "bytes": self.states.token_bytes,
-                                "chars": self.states.token_chars}}
+        return {
+            "config": cfg.to_dict(),
+            "parameters": self.model.num_parameters(),
+            "vocab": self.vocab.tokens,
+            "training": self.loaded.training,
+            "device": str(self.model.device),
+            "pid": os.getpid(),
+            "blas_threads": self.blas_threads,
+            "weights_sha256": self.loaded.sha256,
+            "state_token": {
+                "version": STATE_VERSION,
+                "bytes": self.states.token_bytes,
+                "chars": self.states.token_chars,
+            },
+        }
 
     def figures(self) -> dict:
         s, cache = self.scheduler, self.cache
-        out = {"batch_rows": s.batch_rows, "queued": s.queued, "batch_steps": s.steps,
-               "batch_rows_stepped": s.rows_stepped, "requests_in_engine": len(self._requests),
-               "requests_served": self.requests_served, "busy_seconds": self.busy_seconds,
-               "chars_read": self.chars_read, "state_tokens_read": self.state_tokens_read}
+        out = {
+            "batch_rows": s.batch_rows,
+            "queued": s.queued,
+            "batch_steps": s.steps,
+            "batch_rows_stepped": s.rows_stepped,
+            "requests_in_engine": len(self._requests),
+            "requests_served": self.requests_served,
+            "busy_seconds": self.busy_seconds,
+            "chars_read": self.chars_read,
+            "state_tokens_read": self.state_tokens_read,
+        }
         if cache is not None:
-            out.update(cache_entries=len(cache), cache_bytes=cache.bytes, cache_hits=cache.hits,
-                       cache_misses=cache.misses, cache_hit_chars=cache.hit_chars)
+            out.update(
+                cache_entries=len(cache),
+                cache_bytes=cache.bytes,
+                cache_hits=cache.hits,
+                cache_misses=cache.misses,
+                cache_hit_chars=cache.hit_chars,
+            )
         return out
 
 

@@ -31,8 +31,9 @@ ERROR_TYPES = {
 class ApiError(Exception):
     """A request the service refuses: status code, message, and the parameter at fault (if one is)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None,
-                 kind: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, headers: dict | None = None, kind: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -42,20 +43,30 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, kind: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind or ERROR_TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": status}}
+    return {
+        "error": {
+            "message": message,
+            "type": kind or ERROR_TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": status,
+        }
+    }
 
 
-def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None,
-                   kind: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict | None = None, kind: str | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, kind), status_code=status, headers=headers)
 
 
 def _param_from_loc(loc: tuple) -> str | None:
     """The field at fault, as the client named it: list indices kept, pydantic's union branch tags
     ("constrained-str", "list[int]") dropped."""
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")
-             and (isinstance(p, int) or str(p).isidentifier())]
+    parts = [
+        str(p)
+        for p in loc
+        if p not in ("body", "query", "path", "header") and (isinstance(p, int) or str(p).isidentifier())
+    ]
     return ".".join(parts) or None
 
 

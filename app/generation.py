@@ -26,9 +26,18 @@ class Decoding:
     ``on_piece(text, infos)``, when given (streaming), receives each piece of released text and, with
     logprobs, the :class:`TokenInfo` of its characters."""
 
-    def __init__(self, prefix: str, vocab: Vocab, num_tokens: int, sampler: Sampler, stops: list[str],
-                 top_logprobs: int | None, on_piece: Callable[[str, list[TokenInfo]], None] | None = None,
-                 min_tokens: int = 0, prefix_ids: torch.Tensor | None = None):
+    def __init__(
+        self,
+        prefix: str,
+        vocab: Vocab,
+        num_tokens: int,
+        sampler: Sampler,
+        stops: list[str],
+        top_logprobs: int | None,
+        on_piece: Callable[[str, list[TokenInfo]], None] | None = None,
+        min_tokens: int = 0,
+        prefix_ids: torch.Tensor | None = None,
+    ):
         self.prefix = prefix
         self.vocab = vocab
         self.remaining = num_tokens
@@ -88,7 +97,7 @@ class Decoding:
         released = self.scanner.feed(char) if len(self.generated) > self.min_tokens else char
         if self.scanner.stopped:
             self.finish_reason = "stop"
-            del self.tokens[len(self.completion) + len(released):]
+            del self.tokens[len(self.completion) + len(released) :]
             self.done = True
         elif self.remaining <= 0:
             released += self.scanner.flush()
@@ -101,9 +110,10 @@ class Decoding:
         return self.done
 
     def result(self, cached_chars: int, unknown_chars: int, state: str | None = None) -> GenerationResult:
-        stop_reason = self.generated_text[len(self.completion):] if self.finish_reason == "stop" else None
-        return GenerationResult(self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars,
-                                stop_reason, state)
+        stop_reason = self.generated_text[len(self.completion) :] if self.finish_reason == "stop" else None
+        return GenerationResult(
+            self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars, stop_reason, state
+        )
 
     def _token_info(self, char: str, token: int, logits: torch.Tensor) -> TokenInfo:
         """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the

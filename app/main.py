@@ -36,11 +36,20 @@ DESCRIPTION = """A character-level recurrent language model (tanh RNN / GRU / LS
 Errors always have the body `{"error": {"message", "type", "param", "code"}}`.
 """
 
-ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text} for code, text in [
-    (400, "malformed request (e.g. not JSON)"), (401, "missing or wrong API key (when one is configured)"),
-    (404, "unknown route or model"), (405, "method not allowed"), (413, "request body too large"),
-    (422, "invalid request or over a limit"), (429, "too many requests queued"), (500, "internal error"),
-    (503, "engine not ready, restarting, or the server is draining")]}
+ERROR_RESPONSES = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in [
+        (400, "malformed request (e.g. not JSON)"),
+        (401, "missing or wrong API key (when one is configured)"),
+        (404, "unknown route or model"),
+        (405, "method not allowed"),
+        (413, "request body too large"),
+        (422, "invalid request or over a limit"),
+        (429, "too many requests queued"),
+        (500, "internal error"),
+        (503, "engine not ready, restarting, or the server is draining"),
+    ]
+}
 
 
 def create_app(settings: Settings | None = None, *, load_model: bool = True) -> FastAPI:
@@ -86,8 +95,13 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value() if settings.api_key else None)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
-                       allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
     return app
 
 
@@ -97,8 +111,10 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
         "PredictRequest": {"num_tokens": settings.max_num_tokens, "prefix": settings.max_text_chars},
         "PerplexityRequest": {"text": settings.max_text_chars, "context": settings.max_text_chars},
         "CompletionRequest": {"max_tokens": settings.max_num_tokens, "prompt": settings.max_text_chars},
-        "ChatCompletionRequest": {"max_tokens": settings.max_num_tokens,
-                                  "max_completion_tokens": settings.max_num_tokens},
+        "ChatCompletionRequest": {
+            "max_tokens": settings.max_num_tokens,
+            "max_completion_tokens": settings.max_num_tokens,
+        },
         "TokenizeRequest": {"prompt": settings.max_text_chars},
     }
     build = app.openapi
@@ -135,6 +151,7 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
 
 def _document_token_ids(components: dict, vocab_size: int) -> None:
     """Token ids are below the vocabulary's size: in prompts, /detokenize and logit_bias's keys."""
+
     def bound(spec: dict) -> None:
         if spec.get("type") == "integer":
             spec["maximum"] = vocab_size - 1

@@ -21,33 +21,61 @@ ENGINE_FIGURES = [
     ("gauge", "rnnlm_batch_rows", "Sequences in the running batch", "batch_rows"),
     ("gauge", "rnnlm_queued_requests", "Requests waiting for the batch", "queued"),
     ("gauge", "rnnlm_engine_requests", "Requests in the engine (queued or running)", "requests_in_engine"),
-    ("counter", "rnnlm_engine_requests_served", "Requests the engine finished (since it last started)",
-     "requests_served"),
-    ("counter", "rnnlm_engine_busy_seconds", "Time the engine spent running the model (÷ wall time = its load)",
-     "busy_seconds"),
-    ("counter", "rnnlm_engine_characters_read", "Characters the model read for requests: uncached prompts, "
-     "contexts and scored texts", "chars_read"),
+    (
+        "counter",
+        "rnnlm_engine_requests_served",
+        "Requests the engine finished (since it last started)",
+        "requests_served",
+    ),
+    (
+        "counter",
+        "rnnlm_engine_busy_seconds",
+        "Time the engine spent running the model (÷ wall time = its load)",
+        "busy_seconds",
+    ),
+    (
+        "counter",
+        "rnnlm_engine_characters_read",
+        "Characters the model read for requests: uncached prompts, contexts and scored texts",
+        "chars_read",
+    ),
     ("counter", "rnnlm_state_tokens_read", "State tokens taken back from clients", "state_tokens_read"),
     ("counter", "rnnlm_batch_steps", "Batch steps run", "batch_steps"),
-    ("counter", "rnnlm_batch_rows_stepped", "Sequences stepped, summed over steps "
-     "(÷ rnnlm_batch_steps_total = mean batch size)", "batch_rows_stepped"),
+    (
+        "counter",
+        "rnnlm_batch_rows_stepped",
+        "Sequences stepped, summed over steps (÷ rnnlm_batch_steps_total = mean batch size)",
+        "batch_rows_stepped",
+    ),
     ("gauge", "rnnlm_prefix_cache_entries", "Prompts whose state is cached", "cache_entries"),
     ("gauge", "rnnlm_prefix_cache_bytes", "Memory the prefix cache holds (states, logits, keys)", "cache_bytes"),
     ("counter", "rnnlm_prefix_cache_hits", "Lookups that found a cached prefix", "cache_hits"),
     ("counter", "rnnlm_prefix_cache_misses", "Lookups that found none", "cache_misses"),
-    ("counter", "rnnlm_prefix_cache_hit_characters", "Prompt characters not read again thanks to the cache",
-     "cache_hit_chars"),
+    (
+        "counter",
+        "rnnlm_prefix_cache_hit_characters",
+        "Prompt characters not read again thanks to the cache",
+        "cache_hit_chars",
+    ),
 ]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("rnnlm_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("rnnlm_request_duration_seconds", "Time to the end of the response, by route",
-                                 ["route"], registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.requests = Counter(
+            "rnnlm_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rnnlm_request_duration_seconds",
+            "Time to the end of the response, by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.tokens_generated = Counter("rnnlm_generated_tokens", "Characters generated", registry=self.registry)
         self.chars_scored = Counter("rnnlm_scored_characters", "Characters scored", registry=self.registry)
         self.shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # several workers write one directory

@@ -22,9 +22,17 @@ PUBLIC_PATHS = {"/health", "/ready", "/"}  # "/" is the static page, which then 
 
 async def send_error(send: Send, status: int, message: str, headers: list | None = None) -> None:
     body = json.dumps(error_body(status, message)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -37,14 +45,19 @@ class ApiKeyMiddleware:
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.expected is None or scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or scope["path"] in self.public_paths):
+        if (
+            self.expected is None
+            or scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or scope["path"] in self.public_paths
+        ):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
             message = "missing API key" if not given else "invalid API key"
-            return await send_error(send, 401, f"{message}: send 'Authorization: Bearer <key>'",
-                                    [(b"www-authenticate", b"Bearer")])
+            return await send_error(
+                send, 401, f"{message}: send 'Authorization: Bearer <key>'", [(b"www-authenticate", b"Bearer")]
+            )
         await self.app(scope, receive, send)
 
 

@@ -21,8 +21,22 @@ import struct
 from dataclasses import dataclass, field
 
 __all__ = [
-    "CANCEL", "DONE", "ERROR", "GENERATE", "HELLO", "PIECES", "READY", "SCORE", "STATS", "GenerateRequest",
-    "FrameReader", "GenerationResult", "ScoreRequest", "ScoreResult", "TokenInfo", "frame",
+    "CANCEL",
+    "DONE",
+    "ERROR",
+    "GENERATE",
+    "HELLO",
+    "PIECES",
+    "READY",
+    "SCORE",
+    "STATS",
+    "GenerateRequest",
+    "FrameReader",
+    "GenerationResult",
+    "ScoreRequest",
+    "ScoreResult",
+    "TokenInfo",
+    "frame",
 ]
 
 HELLO, GENERATE, SCORE, CANCEL, STATS = "hello", "generate", "score", "cancel", "stats"

@@ -104,8 +104,16 @@ class Row:
 
 
 class Scheduler:
-    def __init__(self, model: RNNLM, cache: PrefixCache | None, max_batch: int, max_queue: int,
-                 prefill_chars: int, chunk_chars: int, interrupt: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        model: RNNLM,
+        cache: PrefixCache | None,
+        max_batch: int,
+        max_queue: int,
+        prefill_chars: int,
+        chunk_chars: int,
+        interrupt: Callable[[], bool] = lambda: False,
+    ):
         self.model = model
         self.prefill_chars = prefill_chars
         self.chunk_chars = chunk_chars
@@ -267,8 +275,14 @@ class Scheduler:
 
     def _can_go_solo(self) -> bool:
         rows = self._rows
-        return (len(rows) == 1 and rows[0].decoding is not None and not rows[0].forced and not self._tasks
-                and not self._pending and self._decoder.fast)
+        return (
+            len(rows) == 1
+            and rows[0].decoding is not None
+            and not rows[0].forced
+            and not self._tasks
+            and not self._pending
+            and self._decoder.fast
+        )
 
     def _solo(self) -> None:
         """One generating sequence and nothing else to do: step it with the single-stream decoder (about half
@@ -361,8 +375,14 @@ class OneAtATime:
     """Batching off (the comparison baseline): each job runs to its end alone, in arrival order, its prompt read
     by the model's sequence forward pass and its tokens one at a time by the single-stream decoder."""
 
-    def __init__(self, model: RNNLM, cache: PrefixCache | None, max_queue: int, chunk_chars: int,
-                 interrupt: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        model: RNNLM,
+        cache: PrefixCache | None,
+        max_queue: int,
+        chunk_chars: int,
+        interrupt: Callable[[], bool] = lambda: False,
+    ):
         self.model = model
         self.cache = cache
         self.max_queue = max_queue
@@ -394,6 +414,7 @@ class OneAtATime:
             state, logits = drain(iter_warm(self.model, job.ids[job.start_at :], state, self.chunk_chars))
             if self.cache is not None:
                 self.cache.put(job.text, state, logits, job.root)
+
         def stopped() -> bool:
             self.interrupt()  # the engine reads new messages (a cancellation, say) and sends due output
             return job.cancelled

@@ -18,15 +18,21 @@ class Settings(BaseSettings):
     weights: Path = Field(DEFAULT_WEIGHTS, description="weight file to serve")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1, …")
     api_key: SecretStr | None = Field(None, description="when set, every route but /health and /ready needs it")
-    state_secret: SecretStr | None = Field(None, description="signs state tokens (HMAC-SHA256): every replica "
-                                           "that shares it accepts the others' tokens; unset: a random key per "
-                                           "server, so tokens work only on the server that made them")
+    state_secret: SecretStr | None = Field(
+        None,
+        description="signs state tokens (HMAC-SHA256): every replica "
+        "that shares it accepts the others' tokens; unset: a random key per "
+        "server, so tokens work only on the server that made them",
+    )
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (default: none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="HTTP worker processes; all of them share one engine process")
-    engine_address: str | None = Field(None, description="the engine's Unix-domain socket, set by rnnlm-serve for its "
-                                       "workers; unset: the app starts an engine process of its own")
+    engine_address: str | None = Field(
+        None,
+        description="the engine's Unix-domain socket, set by rnnlm-serve for its "
+        "workers; unset: the app starts an engine process of its own",
+    )
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
@@ -38,16 +44,25 @@ class Settings(BaseSettings):
     chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")
     prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")
     prefix_cache_mb: float = Field(64.0, gt=0, description="most memory the prefix cache may hold, MiB")
-    chat_template: str = Field("{role}:\n{content}\n\n", description="how /v1/chat/completions writes each "
-                               "message ({role}: its name or role in capitals); the reply stops at the text after "
-                               "{content}")
-    stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="streamed text is sent at most this often per "
-                                   "stream (the first piece at once); 0: one event per token")
+    chat_template: str = Field(
+        "{role}:\n{content}\n\n",
+        description="how /v1/chat/completions writes each "
+        "message ({role}: its name or role in capitals); the reply stops at the text after "
+        "{content}",
+    )
+    stream_flush_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="streamed text is sent at most this often per "
+        "stream (the first piece at once); 0: one event per token",
+    )
     drain_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish")
     flush_denormal: bool = Field(True, description="flush denormal floats to zero in the engine")
     model_threads: int = Field(1, ge=1, description="torch intra-op threads of the engine")
-    blas_threads: int = Field(0, ge=0, description="OpenBLAS threads of the engine for the CPU step "
-                              "(0: the usable cores)")
+    blas_threads: int = Field(
+        0, ge=0, description="OpenBLAS threads of the engine for the CPU step (0: the usable cores)"
+    )
 
     @field_validator("chat_template")
     @classmethod

@@ -22,15 +22,23 @@ def event(data: dict | str, name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {payload}\n\n"
 
 
-def stream_generation(generation: Generation, on_piece: Callable[[str], str],
-                      on_end: Callable[[Generation], list[str]], first: list[str] = ()) -> StreamingResponse:
+def stream_generation(
+    generation: Generation,
+    on_piece: Callable[[str], str],
+    on_end: Callable[[Generation], list[str]],
+    first: list[str] = (),
+) -> StreamingResponse:
     """One generation's events: ``first``, then ``on_piece(piece)`` for each released piece of text, then the
     events ``on_end`` gives. If the client goes away first, the generation is cancelled."""
     return stream_choices([generation], lambda _, piece: on_piece(piece), lambda: on_end(generation), first)
 
 
-def stream_choices(generations: list[Generation], on_piece: Callable[[int, str], str],
-                   on_end: Callable[[], list[str]], first: list[str] = ()) -> StreamingResponse:
+def stream_choices(
+    generations: list[Generation],
+    on_piece: Callable[[int, str], str],
+    on_end: Callable[[], list[str]],
+    first: list[str] = (),
+) -> StreamingResponse:
     """Several generations in one stream (OpenAI's choices): ``first``, then ``on_piece(index, piece)`` for each
     piece as it arrives from any of them, then ``on_end()``'s events once all have ended. If the client goes
     away first, every generation is cancelled."""
@@ -76,5 +84,6 @@ def stream_choices(generations: list[Generation], on_piece: Callable[[int, str],
             for g in generations:
                 g.cancel()  # a no-op once it has finished
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

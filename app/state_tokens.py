@@ -80,8 +80,10 @@ class StateCodec:
     def open(self, token: str) -> OpenedState:
         """The state a token holds; :class:`StateTokenError` when it is not a genuine token of this model."""
         if len(token) > self.max_chars:
-            raise StateTokenError(400, f"state token is too long: {len(token):,} characters, where one of this "
-                                       f"model has {self.token_chars:,}")
+            raise StateTokenError(
+                400,
+                f"state token is too long: {len(token):,} characters, where one of this model has {self.token_chars:,}",
+            )
         if not _ALPHABET.fullmatch(token):
             raise StateTokenError(400, "state token is not URL-safe base64")
         if len(token) % 4 == 1:  # no base64 text has this length
@@ -94,13 +96,18 @@ class StateCodec:
             raise StateTokenError(400, f"state token has format version {version}; this server reads {VERSION}")
         if digest == self._digest and len(raw) != self.token_bytes:
             problem = "truncated" if len(raw) < self.token_bytes else "too long"
-            raise StateTokenError(400, f"state token is {problem}: {len(raw):,} bytes, where one of this model "
-                                       f"has {self.token_bytes:,}")
+            raise StateTokenError(
+                400, f"state token is {problem}: {len(raw):,} bytes, where one of this model has {self.token_bytes:,}"
+            )
         body, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
         if not hmac.compare_digest(tag, self._tag(body)):
-            raise StateTokenError(400, "state token's signature does not match: it was altered, or signed with "
-                                       "another RNNLM_STATE_SECRET")
+            raise StateTokenError(
+                400, "state token's signature does not match: it was altered, or signed with another RNNLM_STATE_SECRET"
+            )
         if digest != self._digest:
-            raise StateTokenError(409, f"state token was made by another model (weights sha256 {digest.hex()[:16]}…), "
-                                       f"not this server's ({self._digest.hex()[:16]}…)")
+            raise StateTokenError(
+                409,
+                f"state token was made by another model (weights sha256 {digest.hex()[:16]}…), "
+                f"not this server's ({self._digest.hex()[:16]}…)",
+            )
         return OpenedState(chars, body[HEADER.size :], tag)

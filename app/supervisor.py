@@ -67,15 +67,18 @@ class EngineSupervisor:
         """Start the engine and wait until it is ready (raises :class:`EngineStartError`), then watch it."""
         self._spawn()
         if self._random_secret:
-            logger.warning("RNNLM_STATE_SECRET is not set: state tokens are signed with a random key and work only "
-                           "with this server, until it stops")
+            logger.warning(
+                "RNNLM_STATE_SECRET is not set: state tokens are signed with a random key and work only "
+                "with this server, until it stops"
+            )
         self._watcher = threading.Thread(target=self._watch, name="rnnlm-engine-supervisor", daemon=True)
         self._watcher.start()
 
     def _spawn(self) -> None:
         ours, theirs = self._ctx.Pipe()
-        process = self._ctx.Process(target=_engine_main, args=(self.settings, self.address, theirs),
-                                    name="rnnlm-engine", daemon=True)
+        process = self._ctx.Process(
+            target=_engine_main, args=(self.settings, self.address, theirs), name="rnnlm-engine", daemon=True
+        )
         process.start()
         theirs.close()
         ready = multiprocessing.connection.wait([ours, process.sentinel], timeout=START_TIMEOUT_S)
@@ -95,8 +98,11 @@ class EngineSupervisor:
         ours.close()
         if message is not None:
             raise EngineStartError(message[1])
-        raise EngineStartError(f"the engine exited with code {process.exitcode} before it was ready"
-                               if process.exitcode is not None else "the engine did not start in time")
+        raise EngineStartError(
+            f"the engine exited with code {process.exitcode} before it was ready"
+            if process.exitcode is not None
+            else "the engine did not start in time"
+        )
 
     def _watch(self) -> None:
         backoff = RESTART_BACKOFF_S[0]
@@ -104,8 +110,11 @@ class EngineSupervisor:
             multiprocessing.connection.wait([self.process.sentinel])
             if self._stopping.is_set():
                 return
-            logger.warning("the engine process (pid %s) exited with code %s; restarting it",
-                           self.process.pid, self.process.exitcode)
+            logger.warning(
+                "the engine process (pid %s) exited with code %s; restarting it",
+                self.process.pid,
+                self.process.exitcode,
+            )
             self._conn.close()
             if time.monotonic() - self._started_at > 60:  # it had been running for a while: a fresh backoff
                 backoff = RESTART_BACKOFF_S[0]

@@ -49,8 +49,24 @@ def make_corpus(path: Path, source: str, megabytes: int) -> None:
 
 
 def train_run(code: Path, corpus: Path, out: Path, cache: Path) -> dict:
-    args = ["--corpus", str(corpus), "--out", str(out), "--hidden", "128", "--max-steps", "50", "--eval-every", "25",
-            "--val-fraction", "0.002", "--sample-chars", "0", "--threads", "2"]
+    args = [
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden",
+        "128",
+        "--max-steps",
+        "50",
+        "--eval-every",
+        "25",
+        "--val-fraction",
+        "0.002",
+        "--sample-chars",
+        "0",
+        "--threads",
+        "2",
+    ]
     env = {**os.environ, "RNNLM_CACHE_DIR": str(cache), "PYTHONPATH": str(code)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", RUN, *args], cwd=code, env=env, capture_output=True, text=True)
@@ -71,7 +87,7 @@ def main() -> None:
 
     import torch
 
-    from model import LMConfig, RNNLM
+    from model import RNNLM, LMConfig
     from model.id_file import encode_corpus
     from model.inference import score
 
@@ -91,28 +107,38 @@ def main() -> None:
             reuse_s = time.perf_counter() - start
             assert again.reused
             ids = torch.from_numpy(again.ids)
-            val = ids[int(len(ids) * 0.9):]
+            val = ids[int(len(ids) * 0.9) :]
             model = RNNLM(LMConfig(vocab_size=len(again.vocab), hidden_size=128)).eval()
             start = time.perf_counter()
             score(model, val[:200_000])
             eval_s = time.perf_counter() - start
             new = train_run(ROOT, corpus, tmp / f"new{mb}.safetensors", cache)
-            row = {"MB": mb, "encode_s": encode_s, "id_file_MB": encoded.path.stat().st_size / 1e6,
-                   "reuse_s": reuse_s, "eval_200k_s": eval_s, "new": new}
+            row = {
+                "MB": mb,
+                "encode_s": encode_s,
+                "id_file_MB": encoded.path.stat().st_size / 1e6,
+                "reuse_s": reuse_s,
+                "eval_200k_s": eval_s,
+                "new": new,
+            }
             if args.baseline and mb <= 100:
                 row["old"] = train_run(Path(args.baseline), corpus, tmp / f"old{mb}.safetensors", cache)
             rows.append(row)
             print(json.dumps(row), flush=True)
             shutil.rmtree(cache)
             corpus.unlink()
-    print(f"\n{'corpus':>8} {'encode s':>9} {'id file':>9} {'found again':>12} {'eval 200k':>10} "
-          f"{'peak RSS new':>13} {'old':>9} {'tok/s new':>10} {'old':>9}")
+    print(
+        f"\n{'corpus':>8} {'encode s':>9} {'id file':>9} {'found again':>12} {'eval 200k':>10} "
+        f"{'peak RSS new':>13} {'old':>9} {'tok/s new':>10} {'old':>9}"
+    )
     for r in rows:
         old, new = r.get("old"), r["new"]
         old_rss = f"{old['rss_mib']:.0f}MiB" if old else "—"
         old_tok = f"{old['tok_s']:,.0f}" if old else "—"
-        print(f"{r['MB']:>6}MB {r['encode_s']:9.1f} {r['id_file_MB']:7.0f}MB {r['reuse_s'] * 1000:10.1f}ms "
-              f"{r['eval_200k_s']:9.2f}s {new['rss_mib']:10.0f}MiB {old_rss:>9} {new['tok_s']:10,.0f} {old_tok:>9}")
+        print(
+            f"{r['MB']:>6}MB {r['encode_s']:9.1f} {r['id_file_MB']:7.0f}MB {r['reuse_s'] * 1000:10.1f}ms "
+            f"{r['eval_200k_s']:9.2f}s {new['rss_mib']:10.0f}MiB {old_rss:>9} {new['tok_s']:10,.0f} {old_tok:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model import LMConfig, RNNLM, Vocab, grad_clipping
+from model import RNNLM, LMConfig, Vocab, grad_clipping
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timemachine.txt"
 
@@ -39,8 +39,16 @@ def mean_nll(model: RNNLM, windows: torch.Tensor) -> float:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item()
 
 
-def run(corpus: Path = DEFAULT_CORPUS, epochs: int = 100, hidden: int = 32, lr: float = 1.0, theta: float = 1.0,
-        batch_size: int = 1024, seed: int = 0, log=print) -> float:
+def run(
+    corpus: Path = DEFAULT_CORPUS,
+    epochs: int = 100,
+    hidden: int = 32,
+    lr: float = 1.0,
+    theta: float = 1.0,
+    batch_size: int = 1024,
+    seed: int = 0,
+    log=print,
+) -> float:
     """Train as d2l does; return the final validation perplexity."""
     torch.manual_seed(seed)
     vocab, train, val = d2l_windows(corpus.read_text(encoding="utf-8"))
@@ -60,8 +68,10 @@ def run(corpus: Path = DEFAULT_CORPUS, epochs: int = 100, hidden: int = 32, lr: 
             optimizer.step()
         if epoch % 10 == 0 or epoch == epochs:
             model.eval()
-            log(f"epoch {epoch:>3}  train ppl {math.exp(mean_nll(model, train)):.2f}  "
-                f"val ppl {math.exp(mean_nll(model, val)):.2f}")
+            log(
+                f"epoch {epoch:>3}  train ppl {math.exp(mean_nll(model, train)):.2f}  "
+                f"val ppl {math.exp(mean_nll(model, val)):.2f}"
+            )
     return math.exp(mean_nll(model, val))
 
 
@@ -78,8 +88,10 @@ def main() -> None:
         ppl = run(args.corpus, args.epochs, seed=seed, log=(lambda *_: None) if args.quiet else print)
         results.append(ppl)
         print(f"seed {seed}: final validation perplexity {ppl:.2f} in {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"median over {len(results)} seeds: {statistics.median(results):.2f} "
-          f"(min {min(results):.2f}, max {max(results):.2f}); d2l reports about 7.3")
+    print(
+        f"median over {len(results)} seeds: {statistics.median(results):.2f} "
+        f"(min {min(results):.2f}, max {max(results):.2f}); d2l reports about 7.3"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def main() -> None:
         rates["notebook"].append(args.tokens / (time.perf_counter() - start))
         assert ours == theirs, "the fast path must give the same tokens"
     a, b = statistics.median(rates["project"]), statistics.median(rates["notebook"])
-    print(f"{w.config.cell} H={w.config.hidden_size} L={w.config.num_layers} threads={args.threads}: "
-          f"project {a:,.0f} tok/s  notebook loop {b:,.0f} tok/s  {a / b:.2f}x  (same tokens)")
+    print(
+        f"{w.config.cell} H={w.config.hidden_size} L={w.config.num_layers} threads={args.threads}: "
+        f"project {a:,.0f} tok/s  notebook loop {b:,.0f} tok/s  {a / b:.2f}x  (same tokens)"
+    )
     for n in args.batch:
         rate = statistics.median(batched_rate(w, n, args.tokens // 4) for _ in range(args.repeats))
         print(f"  {n:>3} streams together: {rate:,.0f} tok/s  {rate / b:.1f}x the notebook loop")

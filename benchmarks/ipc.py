@@ -27,8 +27,17 @@ import time
 import zmq
 import zmq.asyncio
 
-MESSAGE = pickle.dumps({"op": "generate", "id": 123456, "prefix": "x" * 50, "num_tokens": 200,
-                        "sampler": (0.0, 0, 1.0, None), "stops": [], "stream": False})
+MESSAGE = pickle.dumps(
+    {
+        "op": "generate",
+        "id": 123456,
+        "prefix": "x" * 50,
+        "num_tokens": 200,
+        "sampler": (0.0, 0, 1.0, None),
+        "stops": [],
+        "stream": False,
+    }
+)
 
 
 # -- echo servers (the engine side) --------------------------------------------------------------------------

@@ -58,7 +58,7 @@ end
 
 def validation_text(corpus: Path) -> str:
     text = corpus.read_text(encoding="utf-8")
-    return text[int(len(text) * 0.9):]
+    return text[int(len(text) * 0.9) :]
 
 
 def write_prefixes(path: Path, text: str, length: int, count: int, seed: int) -> None:
@@ -77,16 +77,40 @@ def _ms(value: str) -> float:
 
 def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, lua: Path) -> dict:
     env = {**os.environ, "RNNLM_PREFIXES": str(prefixes), "RNNLM_BODY_TAIL": tail}
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "30s",
-                          "-s", str(lua), base], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(clients),
+            "-d",
+            f"{seconds:g}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(lua),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     requests_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
     nan = float("nan")
-    return {"req/s": requests_s, "p50": _ms(latency["50"]) if "50" in latency else nan,
-            "p99": _ms(latency["99"]) if "99" in latency else nan, "errors": errors, "raw": out}
+    return {
+        "req/s": requests_s,
+        "p50": _ms(latency["50"]) if "50" in latency else nan,
+        "p99": _ms(latency["99"]) if "99" in latency else nan,
+        "errors": errors,
+        "raw": out,
+    }
 
 
 def engine_in_process(weights: str, prefixes: list[str], tokens: int, repeats: int) -> float:
@@ -112,8 +136,10 @@ def engine_in_process(weights: str, prefixes: list[str], tokens: int, repeats: i
 
 
 def line(name: str, clients: int, tokens: int, r: dict) -> str:
-    return (f"{name:<22} {clients:>3} clients: {r['req/s'] * tokens:>9,.0f} tok/s  {r['req/s']:>8,.1f} req/s  "
-            f"p50 {r['p50']:>7.2f} ms  p99 {r['p99']:>7.2f} ms  errors {r['errors']}")
+    return (
+        f"{name:<22} {clients:>3} clients: {r['req/s'] * tokens:>9,.0f} tok/s  {r['req/s']:>8,.1f} req/s  "
+        f"p50 {r['p50']:>7.2f} ms  p99 {r['p99']:>7.2f} ms  errors {r['errors']}"
+    )
 
 
 def rss_kib(pid: int) -> int:
@@ -139,8 +165,10 @@ def children(pid: int) -> list[int]:
 
 
 def greedy_outputs(base: str, prompts: list[str], tokens: int) -> list[str]:
-    return [httpx.post(f"{base}/predict", json={"prefix": q, "num_tokens": tokens}, timeout=60).json()["completion"]
-            for q in prompts]
+    return [
+        httpx.post(f"{base}/predict", json={"prefix": q, "num_tokens": tokens}, timeout=60).json()["completion"]
+        for q in prompts
+    ]
 
 
 def soak(args, weights: str, prefixes: Path, lua: Path, tmp: Path) -> None:
@@ -157,8 +185,10 @@ def soak(args, weights: str, prefixes: Path, lua: Path, tmp: Path) -> None:
         after = greedy_outputs(base, prompts, args.tokens)
         print(line(f"soak {args.soak:.0f} s", 64, args.tokens, r))
         for k in pids:
-            print(f"  {k} RSS after the first minute {rss0[k] / 1024:.1f} MiB, at the end {rss1[k] / 1024:.1f} MiB "
-                  f"({(rss1[k] / rss0[k] - 1) * 100:+.1f} %)")
+            print(
+                f"  {k} RSS after the first minute {rss0[k] / 1024:.1f} MiB, at the end {rss1[k] / 1024:.1f} MiB "
+                f"({(rss1[k] / rss0[k] - 1) * 100:+.1f} %)"
+            )
         print(f"  greedy outputs at the end equal those at the start: {before == after}")
     finally:
         stop_server(proc)
@@ -176,8 +206,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--prefix-chars", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0, help="per line (after a 2 s warm-up)")
-    parser.add_argument("--only", default="default,zero,workers,gated,notebook",
-                        help="comma-separated parts to run (default: all)")
+    parser.add_argument(
+        "--only", default="default,zero,workers,gated,notebook", help="comma-separated parts to run (default: all)"
+    )
     parser.add_argument("--soak", type=float, default=0, help="instead: a soak of this many seconds at 64 clients")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -195,8 +226,15 @@ def main() -> None:
         tail = f', "num_tokens": {args.tokens}'
         results: dict[tuple[str, int], dict] = {}
 
-        def measure(name: str, base: str, clients: int, body_tail: str = tail, files: Path = prefixes,
-                    tokens: int = args.tokens, seconds: float = args.seconds) -> dict:
+        def measure(
+            name: str,
+            base: str,
+            clients: int,
+            body_tail: str = tail,
+            files: Path = prefixes,
+            tokens: int = args.tokens,
+            seconds: float = args.seconds,
+        ) -> dict:
             run_wrk(base, clients, 2, files, body_tail, lua)  # warm-up
             r = results[name, clients] = run_wrk(base, clients, seconds, files, body_tail, lua)
             print(line(name, clients, tokens, r), flush=True)
@@ -205,8 +243,11 @@ def main() -> None:
         if "default" in only:
             sample = [json.loads(x) for x in prefixes.read_text().splitlines()[:400]]
             engine_ms = engine_in_process(args.weights, sample, args.tokens, 200)
-            print(f"{'engine in process':<22}   1 request : {engine_ms:.2f} ms median "
-                  f"({args.prefix_chars}-char uncached prefix, {args.tokens} tokens)", flush=True)
+            print(
+                f"{'engine in process':<22}   1 request : {engine_ms:.2f} ms median "
+                f"({args.prefix_chars}-char uncached prefix, {args.tokens} tokens)",
+                flush=True,
+            )
         base, proc = start_server(args.weights, tmp / "default.log")
         try:
             if "default" in only:

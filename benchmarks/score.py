@@ -52,8 +52,10 @@ def main() -> None:
     w = load_weights(args.weights)
     corpus = Path(args.corpus).read_text(encoding="utf-8")
     texts = {"100k": corpus[int(len(corpus) * 0.9) :][:100_000], "1M": (corpus * 2)[:1_000_000]}
-    print(f"{w.config.cell} H={w.config.hidden_size} L={w.config.num_layers}, {args.threads} threads, "
-          f"median of {args.repeats}")
+    print(
+        f"{w.config.cell} H={w.config.hidden_size} L={w.config.num_layers}, {args.threads} threads, "
+        f"median of {args.repeats}"
+    )
 
     ids = w.vocab.encode(texts["100k"])
     for flush in (False, True):
@@ -69,19 +71,23 @@ def main() -> None:
     if args.no_http:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        base, proc = start_server(args.weights, Path(tmp) / "server.log", RNNLM_MAX_TEXT_CHARS="2000000",
-                                  RNNLM_MAX_BODY_BYTES="8000000")
+        base, proc = start_server(
+            args.weights, Path(tmp) / "server.log", RNNLM_MAX_TEXT_CHARS="2000000", RNNLM_MAX_BODY_BYTES="8000000"
+        )
         try:
             with httpx.Client(base_url=base, timeout=600) as http:
                 for name, text in texts.items():
-                    def post():
+
+                    def post(text=text):
                         r = http.post("/perplexity", json={"text": text})
                         r.raise_for_status()
                         return r.json()
 
                     rate, body = median_rate(post, len(text), args.repeats)
-                    print(f"  POST /perplexity, {name:>4} chars               {rate:>9,.0f} chars/s  "
-                          f"(nll {body['nll']:.4f})")
+                    print(
+                        f"  POST /perplexity, {name:>4} chars               {rate:>9,.0f} chars/s  "
+                        f"(nll {body['nll']:.4f})"
+                    )
         finally:
             stop_server(proc)
 

@@ -79,12 +79,17 @@ def main() -> None:
     args = parser.parse_args()
 
     text = Path(args.corpus).read_text(encoding="utf-8")
-    validation = text[int(len(text) * 0.9):]
+    validation = text[int(len(text) * 0.9) :]
     # each repeat a conversation of its own (its own stretch of text): a state the model reaches again is a
     # token seen before, which the prefix cache finds (the shipped tanh RNN forgets so well that two replays
     # differing only in their first characters reached bitwise the same state within a turn)
-    conversations = [[validation[(r * args.turns + i) * args.piece : (r * args.turns + i + 1) * args.piece]
-                      for i in range(args.turns)] for r in range(args.repeats)]
+    conversations = [
+        [
+            validation[(r * args.turns + i) * args.piece : (r * args.turns + i + 1) * args.piece]
+            for i in range(args.turns)
+        ]
+        for r in range(args.repeats)
+    ]
     pieces = conversations[0]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,16 +99,22 @@ def main() -> None:
             info = httpx.get(f"{b}/info").json()
             stop_server(proc)
             c = info["config"]
-            print(f"state token, {name} ({c['cell']} {c['num_layers']} × {c['hidden_size']}): "
-                  f"{info['state_token']['bytes']:,} bytes, {info['state_token']['chars']:,} characters of base64")
+            print(
+                f"state token, {name} ({c['cell']} {c['num_layers']} × {c['hidden_size']}): "
+                f"{info['state_token']['bytes']:,} bytes, {info['state_token']['chars']:,} characters of base64"
+            )
         # each way has servers of its own, so no way finds another's text in its cache
-        ways = [("(a) resend, no cache", 1, False, {"RNNLM_PREFIX_CACHE_ENTRIES": "0"}),
-                ("(b) resend, prefix cache", 1, False, {}),
-                ("(b2) resend, cache, 2 servers", 2, False, {}),
-                ("(c1) state tokens, 1 server", 1, True, {}),
-                ("(c) state tokens, 2 servers", 2, True, {})]
-        servers = {name: [start_server(args.weights, f"{tmp}/{i}{name[1:3]}.log", **env, **more) for i in range(n)]
-                   for name, n, _, more in ways}
+        ways = [
+            ("(a) resend, no cache", 1, False, {"RNNLM_PREFIX_CACHE_ENTRIES": "0"}),
+            ("(b) resend, prefix cache", 1, False, {}),
+            ("(b2) resend, cache, 2 servers", 2, False, {}),
+            ("(c1) state tokens, 1 server", 1, True, {}),
+            ("(c) state tokens, 2 servers", 2, True, {}),
+        ]
+        servers = {
+            name: [start_server(args.weights, f"{tmp}/{i}{name[1:3]}.log", **env, **more) for i in range(n)]
+            for name, n, _, more in ways
+        }
         figures = {name: {"seconds": [], "read": [], "bytes": 0, "same": 0} for name, *_ in ways}
         with httpx.Client(timeout=300) as http:
             for repeat in range(args.repeats):
@@ -124,15 +135,19 @@ def main() -> None:
                 stop_server(proc)
 
     total = sum(len(p) for p in pieces) + args.turns * args.reply
-    print(f"\n{args.turns} turns of {args.piece} characters + {args.reply}-character replies "
-          f"({total:,} characters of conversation); medians of {args.repeats}")
+    print(
+        f"\n{args.turns} turns of {args.piece} characters + {args.reply}-character replies "
+        f"({total:,} characters of conversation); medians of {args.repeats}"
+    )
     print(f"{'':34} {'chars read':>12} {'sent KiB':>9} {'wall s':>8} {'× (a) time':>10} {'same replies':>13}")
     base_time = statistics.median(figures["(a) resend, no cache"]["seconds"])
     for name, *_ in ways:
         f = figures[name]
         seconds = statistics.median(f["seconds"])
-        print(f"{name:34} {statistics.median(f['read']):12,.0f} {f['bytes'] / 1024:9.1f} {seconds:8.3f} "
-              f"{base_time / seconds:10.2f} {f['same']:>6}/{args.turns * args.repeats}")
+        print(
+            f"{name:34} {statistics.median(f['read']):12,.0f} {f['bytes'] / 1024:9.1f} {seconds:8.3f} "
+            f"{base_time / seconds:10.2f} {f['same']:>6}/{args.turns * args.repeats}"
+        )
 
 
 if __name__ == "__main__":

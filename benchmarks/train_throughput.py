@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import LMConfig, RNNLM, grad_clipping
+from model import RNNLM, LMConfig, grad_clipping
 
 TORCH_CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -74,8 +74,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="measure every line this many times, in turn, and end with each line's median ratio")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure every line this many times, in turn, and end with each line's median ratio",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vocab = 65
@@ -89,8 +93,10 @@ def main() -> None:
                 theirs = TorchNNLM(cell, vocab, args.hidden)
                 a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
                 ratios.setdefault((cell, batch), []).append(a / b)
-                print(f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
-                      flush=True)
+                print(
+                    f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
+                    flush=True,
+                )
     if args.repeats > 1:
         print(f"median ratio over {args.repeats} runs (lowest–highest):")
         for (cell, batch), values in ratios.items():

@@ -6,7 +6,7 @@ Depends on torch (and safetensors) only; never on the web service.
 from model.cells import State
 from model.clipping import grad_clipping
 from model.inference import Score, generate, score, warm
-from model.lm import LMConfig, RNNLM
+from model.lm import RNNLM, LMConfig
 from model.vocab import UNK, Vocab
 from model.weights import FORMAT, LoadedWeights, WeightsError, load_weights, save_weights
 

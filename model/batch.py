@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from model.cells import State
+from model.cpu_step import CPUStep
 from model.decode import has_fast_step
 from model.lm import RNNLM
-from model.cpu_step import CPUStep
 
 __all__ = ["BatchDecoder"]
 

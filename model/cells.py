@@ -88,8 +88,7 @@ class RecurrentLayer(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (xw, *state, *self.parameters())):
             return self.recorded_recurrence(xw, state, w_hh)
         steps, batch = xw.shape[:2]
-        if (steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state)
-                and w_hh is self.w_hh):
+        if steps >= NUMPY_MIN_STEPS and batch <= NUMPY_MAX_BATCH and on_cpu(xw, *state) and w_hh is self.w_hh:
             return read_sequence(self.cell, xw, state, self)  # numpy's calls cost less at this size
         return self.recurrence(xw, state, w_hh)
 

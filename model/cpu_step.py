@@ -44,8 +44,12 @@ class LayerArrays:
     @classmethod
     def of(cls, layer) -> LayerArrays:
         b_hn = getattr(layer, "b_hn", None)
-        return cls(layer.w_xh.detach().numpy(), layer.b_h.detach().numpy(), layer.w_hh.detach().numpy(),
-                   None if b_hn is None else b_hn.detach().numpy())
+        return cls(
+            layer.w_xh.detach().numpy(),
+            layer.b_h.detach().numpy(),
+            layer.w_hh.detach().numpy(),
+            None if b_hn is None else b_hn.detach().numpy(),
+        )
 
 
 def _sigmoid_(x: np.ndarray) -> None:
@@ -101,7 +105,10 @@ def lstm_update(xw: np.ndarray, state: Arrays, layer: LayerArrays, out: Arrays) 
 
 
 UPDATES: dict[str, Callable[[np.ndarray, Arrays, LayerArrays, Arrays], None]] = {
-    "rnn": rnn_update, "gru": gru_update, "lstm": lstm_update}
+    "rnn": rnn_update,
+    "gru": gru_update,
+    "lstm": lstm_update,
+}
 
 
 def read_sequence(cell: str, xw: Tensor, state: tuple[Tensor, ...], layer) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -135,8 +142,9 @@ class CPUStep:
         self.layers = [LayerArrays.of(layer) for layer in model.layers]
         self.w_y, self.b_y = model.w_y.detach().numpy(), model.b_y.detach().numpy()
 
-    def __call__(self, tokens: np.ndarray | slice, state: Arrays, new: Arrays | None = None,
-                 logits: np.ndarray | None = None) -> tuple[Arrays, np.ndarray]:
+    def __call__(
+        self, tokens: np.ndarray | slice, state: Arrays, new: Arrays | None = None, logits: np.ndarray | None = None
+    ) -> tuple[Arrays, np.ndarray]:
         """``tokens`` (n,) integer ids — or, for one stream, ``slice(id, id + 1)``, a view instead of a
         gathered copy — and ``state``, (L, n, H) arrays before them → the state after them and the logits
         (n, V), written into ``new`` and ``logits`` when given (``new`` must not share memory with ``state``),

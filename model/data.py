@@ -54,7 +54,9 @@ def read_corpus(paths: list[str | os.PathLike]) -> Corpus:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise CorpusError(f"corpus {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+            raise CorpusError(
+                f"corpus {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+            ) from None
         texts.append(text)
         files.append({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(), "chars": len(text)})
     return Corpus(text="".join(texts), files=files)
@@ -69,8 +71,9 @@ def batches_per_epoch(num_tokens: int, batch_size: int, time_step: int) -> int:
     return (num_tokens - time_step) // time_step // batch_size
 
 
-def epoch_batches(ids: Tensor, batch_size: int, time_step: int, sampling: str, seed: int, epoch: int,
-                  positions: bool = False):
+def epoch_batches(
+    ids: Tensor, batch_size: int, time_step: int, sampling: str, seed: int, epoch: int, positions: bool = False
+):
     """Yield (X, Y) pairs of shape (batch_size, time_step) for one epoch; Y is X shifted by one token. ``ids``
     may be any integer dtype (a memory-mapped uint8 file, say): X and Y are views or gathers of it, in its
     dtype. With ``positions``, yield (X, Y, P) where P holds the index in ``ids`` of every token of X."""

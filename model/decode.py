@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from model.cells import State
-from model.lm import RNNLM
 from model.cpu_step import CPUStep, on_cpu
+from model.lm import RNNLM
 
 __all__ = ["StepDecoder", "has_fast_step"]
 

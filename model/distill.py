@@ -28,8 +28,14 @@ TEACHER_CHUNK = 512  # columns per forward pass: memory stays (rows × chunk × 
 
 
 @torch.inference_mode()
-def teacher_log_probs(teacher: RNNLM, ids: Tensor, rows: int = TEACHER_ROWS, warmup: int = TEACHER_WARMUP,
-                      chunk: int = TEACHER_CHUNK, out: Tensor | None = None) -> Tensor:
+def teacher_log_probs(
+    teacher: RNNLM,
+    ids: Tensor,
+    rows: int = TEACHER_ROWS,
+    warmup: int = TEACHER_WARMUP,
+    chunk: int = TEACHER_CHUNK,
+    out: Tensor | None = None,
+) -> Tensor:
     """``out[j] = log p_teacher(ids[j + 1] = · | ids[..j])`` for every j < n - 1, shape (n, V), float16, on the CPU
     (the last row, which has no next character, is zeros). ``out``, when given, is written in place — a
     memory-mapped table, say, for a corpus whose table would not fit in memory.

@@ -57,8 +57,13 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 def _stat(path: Path) -> dict:
     s = path.stat()
-    return {"path": str(path.resolve()), "size": s.st_size, "mtime_ns": s.st_mtime_ns, "ctime_ns": s.st_ctime_ns,
-            "inode": s.st_ino}
+    return {
+        "path": str(path.resolve()),
+        "size": s.st_size,
+        "mtime_ns": s.st_mtime_ns,
+        "ctime_ns": s.st_ctime_ns,
+        "inode": s.st_ino,
+    }
 
 
 def _blocks(path: Path, block_bytes: int):
@@ -73,8 +78,9 @@ def _blocks(path: Path, block_bytes: int):
                 text = decoder.decode(data, final=not data)
             except UnicodeDecodeError as e:
                 byte = (pending + data)[e.start]
-                raise CorpusError(f"corpus {path}: not UTF-8 text (byte 0x{byte:02x} at offset "
-                                  f"{offset - len(pending) + e.start})") from None
+                raise CorpusError(
+                    f"corpus {path}: not UTF-8 text (byte 0x{byte:02x} at offset {offset - len(pending) + e.start})"
+                ) from None
             offset += len(data)
             if not data:
                 return
@@ -89,8 +95,13 @@ def _key(sources: list[Path]) -> str:
     return h.hexdigest()[:24]
 
 
-def encode_corpus(paths: list[str | os.PathLike], cache_dir: str | os.PathLike | None = None,
-                  vocab: Vocab | None = None, block_bytes: int = BLOCK_BYTES, progress: bool = True) -> EncodedCorpus:
+def encode_corpus(
+    paths: list[str | os.PathLike],
+    cache_dir: str | os.PathLike | None = None,
+    vocab: Vocab | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    progress: bool = True,
+) -> EncodedCorpus:
     """The corpus's ids, memory-mapped: from the cache when its sources are unchanged, else encoded now.
 
     ``vocab`` fixes the vocabulary (a resumed run's; unseen characters become ``<unk>``); by default it is the
@@ -107,9 +118,13 @@ def encode_corpus(paths: list[str | os.PathLike], cache_dir: str | os.PathLike |
     ids_path, record_path = folder / f"{key}.ids", folder / f"{key}.json"
     stats = [_stat(p) for p in sources]
     record = _read_record(record_path)
-    if record is not None and [{k: s[k] for k in _STAT_KEYS} for s in record["sources"]] == stats \
-            and (vocab is None or vocab.tokens == record["vocab"]) and ids_path.exists() \
-            and ids_path.stat().st_size == record["count"] * np.dtype(record["dtype"]).itemsize:
+    if (
+        record is not None
+        and [{k: s[k] for k in _STAT_KEYS} for s in record["sources"]] == stats
+        and (vocab is None or vocab.tokens == record["vocab"])
+        and ids_path.exists()
+        and ids_path.stat().st_size == record["count"] * np.dtype(record["dtype"]).itemsize
+    ):
         return _open(ids_path, record, reused=True)
     record = _encode(sources, stats, vocab, ids_path, block_bytes, progress)
     atomic_write_bytes(record_path, json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
@@ -135,13 +150,21 @@ def _open(path: Path, record: dict, reused: bool) -> EncodedCorpus:
     return EncodedCorpus(ids, Vocab(record["vocab"]), files, path, reused)
 
 
-def _encode(sources: list[Path], stats: list[dict], vocab: Vocab | None, ids_path: Path, block_bytes: int,
-            progress: bool) -> dict:
+def _encode(
+    sources: list[Path], stats: list[dict], vocab: Vocab | None, ids_path: Path, block_bytes: int, progress: bool
+) -> dict:
     total = sum(s["size"] for s in stats)
     chars: set[str] = set()
     counts, digests = [], []
-    with tqdm(total=2 * total, unit="B", unit_scale=True, desc="encoding corpus", leave=False, mininterval=1.0,
-              disable=not progress or total < PROGRESS_FROM_BYTES) as bar:
+    with tqdm(
+        total=2 * total,
+        unit="B",
+        unit_scale=True,
+        desc="encoding corpus",
+        leave=False,
+        mininterval=1.0,
+        disable=not progress or total < PROGRESS_FROM_BYTES,
+    ) as bar:
         for path in sources:  # pass 1: the vocabulary, each file's sha256 and length in characters
             h, n = hashlib.sha256(), 0
             for data, text in _blocks(path, block_bytes):
@@ -164,5 +187,10 @@ def _encode(sources: list[Path], stats: list[dict], vocab: Vocab | None, ids_pat
                         bar.update(len(data))
 
         atomic_write(ids_path, write)
-    return {"format": FORMAT, "dtype": dtype.name, "count": sum(counts), "vocab": vocab.tokens,
-            "sources": [{**s, "sha256": d, "chars": c} for s, d, c in zip(stats, digests, counts)]}
+    return {
+        "format": FORMAT,
+        "dtype": dtype.name,
+        "count": sum(counts),
+        "vocab": vocab.tokens,
+        "sources": [{**s, "sha256": d, "chars": c} for s, d, c in zip(stats, digests, counts)],
+    }

@@ -64,8 +64,9 @@ def drain(steps: Generator[None, None, T]) -> T:
 
 
 @torch.inference_mode()
-def generate(model: RNNLM, state: State, next_logits: Tensor, num_tokens: int,
-             sampler: Sampler = Sampler()) -> tuple[list[int], State]:
+def generate(
+    model: RNNLM, state: State, next_logits: Tensor, num_tokens: int, sampler: Sampler = Sampler()
+) -> tuple[list[int], State]:
     """Prediction: choose a token from ``next_logits`` (greedy by default: the argmax, never ``<unk>``), read
     it, repeat ``num_tokens`` times.
 
@@ -200,5 +201,15 @@ def score(
     2…n are scored; after a non-empty ``context`` (which only warms the state) or from a ``start`` state
     every token is scored. With ``top_k`` > 0, also the k most likely tokens and their log-probabilities at
     each scored position."""
-    return drain(iter_score(model, ids, context_ids, start=start, return_logprobs=return_logprobs, top_k=top_k,
-                            return_state=return_state, chunk_size=chunk_size))
+    return drain(
+        iter_score(
+            model,
+            ids,
+            context_ids,
+            start=start,
+            return_logprobs=return_logprobs,
+            top_k=top_k,
+            return_state=return_state,
+            chunk_size=chunk_size,
+        )
+    )

@@ -61,8 +61,9 @@ class RNNLM(nn.Module):
         self.config = config
         layer_cls = CELLS[config.cell]
         h, v = config.hidden_size, config.vocab_size
-        self.layers = nn.ModuleList(layer_cls(v if l == 0 else h, h, config.weight_drop)
-                                    for l in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            layer_cls(v if l == 0 else h, h, config.weight_drop) for l in range(config.num_layers)
+        )
         self.w_y = nn.Parameter(torch.empty(h, v))
         self.b_y = nn.Parameter(torch.empty(v))
         bound = 1.0 / math.sqrt(h)

@@ -223,8 +223,9 @@ def _lstm_forward(xw: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: to
     steps, batch, width = xw.shape
     hidden = width // 4
     gates = buffer("lstm.gates", xw.shape, xw).copy_(xw)  # step t turns gates[t] into i, f, g, o in place
-    states, cells, tanh_cells = (buffer(f"lstm.{name}", (steps, batch, hidden), xw)
-                                 for name in ("states", "cells", "tanh_cells"))
+    states, cells, tanh_cells = (
+        buffer(f"lstm.{name}", (steps, batch, hidden), xw) for name in ("states", "cells", "tanh_cells")
+    )
     minus_one = xw.new_full((), -1.0)
     h, c = h0, c0
     for a, h_t, c_t, tanh_c in zip(gates.unbind(0), states.unbind(0), cells.unbind(0), tanh_cells.unbind(0)):

@@ -59,8 +59,12 @@ class Sampler:
     @property
     def adjusts(self) -> bool:
         """Whether the logits are changed before choosing (a bias or a penalty is set)."""
-        return (bool(self.logit_bias) or self.frequency_penalty != 0 or self.presence_penalty != 0
-                or self.repetition_penalty != 1)
+        return (
+            bool(self.logit_bias)
+            or self.frequency_penalty != 0
+            or self.presence_penalty != 0
+            or self.repetition_penalty != 1
+        )
 
     @property
     def needs_history(self) -> bool:
@@ -92,8 +96,13 @@ class Sampler:
             gen.manual_seed(self.seed)
         return gen
 
-    def choose(self, logits: Tensor, generator: torch.Generator | None = None, counts: Tensor | None = None,
-               seen: Tensor | None = None) -> int:
+    def choose(
+        self,
+        logits: Tensor,
+        generator: torch.Generator | None = None,
+        counts: Tensor | None = None,
+        seen: Tensor | None = None,
+    ) -> int:
         """The next token id for scores ``logits`` (V,), given how often each token was generated (``counts``)
         and which tokens were seen in the prompt or since (``seen``): the penalties' input."""
         if self.adjusts:

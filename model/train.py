@@ -31,10 +31,10 @@ from model.atomic import atomic_write
 from model.cells import State
 from model.clipping import grad_clipping
 from model.data import CorpusError, batches_per_epoch, epoch_batches
-from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.distill import distillation_loss, teacher_log_probs
+from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.inference import generate, score, warm
-from model.lm import LMConfig, RNNLM
+from model.lm import RNNLM, LMConfig
 from model.vocab import Vocab
 from model.weights import WeightsError, load_weights, save_weights
 
@@ -77,7 +77,9 @@ def _finite_float(low: float, high: float, low_open: bool = False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-            raise argparse.ArgumentTypeError(f"expected a number in {'(' if low_open else '['}{low}, {high}], got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {'(' if low_open else '['}{low}, {high}], got {text!r}"
+            )
         return value
 
     return parse
@@ -99,49 +101,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn", help="recurrent cell")
     p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H")
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
-    p.add_argument("--dropout", type=_finite_float(0.0, 0.95), default=0.0,
-                   help="dropout on every layer's outputs while training")
-    p.add_argument("--weight-drop", type=_finite_float(0.0, 0.95), default=0.0,
-                   help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
-                        "the full W_hh at evaluation")
-    p.add_argument("--teacher", metavar="WEIGHTS",
-                   help="a trained weight file with the same vocabulary: the model also learns the teacher's predicted "
-                        "distribution at every position (knowledge distillation; see model/distill.py)")
-    p.add_argument("--distill", type=_finite_float(0.0, 1.0), default=0.5,
-                   help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution)")
+    p.add_argument(
+        "--dropout", type=_finite_float(0.0, 0.95), default=0.0, help="dropout on every layer's outputs while training"
+    )
+    p.add_argument(
+        "--weight-drop",
+        type=_finite_float(0.0, 0.95),
+        default=0.0,
+        help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
+        "the full W_hh at evaluation",
+    )
+    p.add_argument(
+        "--teacher",
+        metavar="WEIGHTS",
+        help="a trained weight file with the same vocabulary: the model also learns the teacher's predicted "
+        "distribution at every position (knowledge distillation; see model/distill.py)",
+    )
+    p.add_argument(
+        "--distill",
+        type=_finite_float(0.0, 1.0),
+        default=0.5,
+        help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution)",
+    )
     p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd")
-    p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3,
-                   help="peak learning rate")
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
-                   help="cosine: linear warm-up then cosine decay to --min-lr-ratio×lr over all --epochs")
+    p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3, help="peak learning rate")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="cosine: linear warm-up then cosine decay to --min-lr-ratio×lr over all --epochs",
+    )
     p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps")
-    p.add_argument("--min-lr-ratio", type=_finite_float(0.0, 1.0), default=0.05,
-                   help="cosine schedule: the final learning rate as a fraction of --lr")
+    p.add_argument(
+        "--min-lr-ratio",
+        type=_finite_float(0.0, 1.0),
+        default=0.05,
+        help="cosine schedule: the final learning rate as a fraction of --lr",
+    )
     p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0, help="L2 weight decay")
-    p.add_argument("--clip", type=_finite_float(0.0, 1e6, low_open=True), default=1.0,
-                   help="θ: if the global gradient norm exceeds θ, scale every gradient by θ/norm")
+    p.add_argument(
+        "--clip",
+        type=_finite_float(0.0, 1e6, low_open=True),
+        default=1.0,
+        help="θ: if the global gradient norm exceeds θ, scale every gradient by θ/norm",
+    )
     p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split")
-    p.add_argument("--max-steps", type=_positive_int, default=None,
-                   help="stop after this many steps in all (the lr schedule still spans --epochs)")
-    p.add_argument("--val-fraction", type=_finite_float(0.0, 0.5), default=0.1,
-                   help="the tail of the corpus held out for validation")
-    p.add_argument("--sampling", choices=["sequential", "random"], default="sequential",
-                   help="sequential: carry each row's state across batches; random: fresh state per window")
+    p.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        help="stop after this many steps in all (the lr schedule still spans --epochs)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_finite_float(0.0, 0.5),
+        default=0.1,
+        help="the tail of the corpus held out for validation",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=["sequential", "random"],
+        default="sequential",
+        help="sequential: carry each row's state across batches; random: fresh state per window",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the data order")
-    p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where the corpus's token-id file is kept and found again (None: $RNNLM_CACHE_DIR, "
-                        "else ~/.cache/rnnlm)")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=None,
+        help="where the corpus's token-id file is kept and found again (None: $RNNLM_CACHE_DIR, else ~/.cache/rnnlm)",
+    )
     p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CUDA when available, else CPU")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available, else CPU"
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (None: torch's choice)")
-    p.add_argument("--eval-every", type=_positive_int, default=500, help="steps between evaluations (and at least one each epoch)")
-    p.add_argument("--eval-chars", type=_positive_int, default=200_000,
-                   help="at most this many validation characters per periodic evaluation (the final one uses all)")
-    p.add_argument("--sample-chars", type=_non_negative_int, default=120,
-                   help="greedy sample length shown at each evaluation")
+    p.add_argument(
+        "--eval-every", type=_positive_int, default=500, help="steps between evaluations (and at least one each epoch)"
+    )
+    p.add_argument(
+        "--eval-chars",
+        type=_positive_int,
+        default=200_000,
+        help="at most this many validation characters per periodic evaluation (the final one uses all)",
+    )
+    p.add_argument(
+        "--sample-chars", type=_non_negative_int, default=120, help="greedy sample length shown at each evaluation"
+    )
     return p
 
 
@@ -184,25 +232,36 @@ class Run:
         self.train_ids, self.val_ids = ids[:split], ids[split:]
         self.corpus_files = corpus.files
         self.corpus_cache = corpus.path
-        self.split = {"val_fraction": args.val_fraction, "train_chars": split, "val_chars": n - split,
-                      "val": "the last val_fraction of the corpus"}
+        self.split = {
+            "val_fraction": args.val_fraction,
+            "train_chars": split,
+            "val_chars": n - split,
+            "val": "the last val_fraction of the corpus",
+        }
         if args.batch_size % self.world:
             raise TrainError(f"--batch-size {args.batch_size} is not divisible by the {self.world} processes")
         self.steps_per_epoch = batches_per_epoch(len(self.train_ids), args.batch_size, args.time_step)
         if self.steps_per_epoch < 1:
             need = (args.batch_size + 1) * args.time_step
-            raise TrainError(f"corpus too short: the training split has {len(self.train_ids)} characters, one batch "
-                             f"needs about {need} (lower --batch-size or --time-step)")
+            raise TrainError(
+                f"corpus too short: the training split has {len(self.train_ids)} characters, one batch "
+                f"needs about {need} (lower --batch-size or --time-step)"
+            )
         if args.val_fraction > 0 and len(self.val_ids) < 2:
             raise TrainError("corpus too short: the validation split has fewer than 2 characters")
 
         self.teacher_logp, self.teacher_file = self._teacher(args.teacher)
         torch.manual_seed(args.seed)
-        config = LMConfig(cell=args.cell, vocab_size=len(self.vocab), hidden_size=args.hidden,
-                          num_layers=args.layers, dropout=args.dropout,
-                          weight_drop=args.weight_drop)
+        config = LMConfig(
+            cell=args.cell,
+            vocab_size=len(self.vocab),
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            dropout=args.dropout,
+            weight_drop=args.weight_drop,
+        )
         self.model = RNNLM(config).to(self.device)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         if args.optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         else:
@@ -238,12 +297,18 @@ class Run:
         except WeightsError as e:
             raise TrainError(f"--teacher {e}") from None
         if teacher.vocab != self.vocab:
-            raise TrainError(f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's "
-                             f"({len(self.vocab)} tokens)")
+            raise TrainError(
+                f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's "
+                f"({len(self.vocab)} tokens)"
+            )
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         logp = self._teacher_table(teacher.model, digest)
-        return logp, {"name": Path(path).name, "sha256": digest, "config": teacher.config.to_dict(),
-                      "val_nll": teacher.training.get("val_nll")}
+        return logp, {
+            "name": Path(path).name,
+            "sha256": digest,
+            "config": teacher.config.to_dict(),
+            "val_nll": teacher.training.get("val_nll"),
+        }
 
     def _teacher_table(self, teacher: RNNLM, digest: str) -> torch.Tensor:
         """The teacher's (n × V) float16 table, in memory up to TEACHER_TABLE_IN_MEMORY, else in a memory-mapped
@@ -255,8 +320,10 @@ class Run:
         done = path.with_suffix(".done")
         free = shutil.disk_usage(path.parent).free + (path.stat().st_size if path.exists() else 0)
         if not done.exists() and free < n * vocab * 2:
-            raise TrainError(f"--teacher: its table for {n:,} characters needs {n * vocab * 2 / 1e9:,.1f} GB and "
-                             f"{path.parent} has {free / 1e9:,.1f} GB free (set --cache-dir elsewhere)")
+            raise TrainError(
+                f"--teacher: its table for {n:,} characters needs {n * vocab * 2 / 1e9:,.1f} GB and "
+                f"{path.parent} has {free / 1e9:,.1f} GB free (set --cache-dir elsewhere)"
+            )
         table = np.memmap(path, dtype=np.float16, mode="r+" if done.exists() else "w+", shape=(n, vocab))
         logp = torch.from_numpy(table)
         if not done.exists():
@@ -268,8 +335,15 @@ class Run:
     def batches(self, epoch: int):
         """(X, Y, P) for every batch of an epoch: P holds the training-split positions of X (for the teacher)."""
         args = self.args
-        pairs = epoch_batches(self.train_ids, args.batch_size, args.time_step, args.sampling, args.seed, epoch,
-                              positions=self.teacher_logp is not None)
+        pairs = epoch_batches(
+            self.train_ids,
+            args.batch_size,
+            args.time_step,
+            args.sampling,
+            args.seed,
+            epoch,
+            positions=self.teacher_logp is not None,
+        )
         if self.teacher_logp is None:
             return ((X, Y, None) for X, Y in pairs)
         return pairs
@@ -353,8 +427,9 @@ class Run:
         if self.teacher_file is not None:
             meta["teacher"] = self.teacher_file
         if val_nll is not None:
-            meta.update(val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4),
-                        val_bpc=round(val_nll / math.log(2), 5))
+            meta.update(
+                val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4), val_bpc=round(val_nll / math.log(2), 5)
+            )
         return meta
 
     def save_checkpoint(self) -> None:
@@ -378,8 +453,10 @@ class Run:
     def _restore(self, ckpt: dict) -> None:
         expected = ckpt.get("teacher_sha256")
         if expected and self.teacher_file["sha256"] != expected:
-            raise TrainError(f"--resume: the teacher {self.args.teacher} is not the file this run started with "
-                             "(its sha256 differs); the run cannot continue exactly")
+            raise TrainError(
+                f"--resume: the teacher {self.args.teacher} is not the file this run started with "
+                "(its sha256 differs); the run cannot continue exactly"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
@@ -471,12 +548,21 @@ def train(args: argparse.Namespace) -> int:
     stop = _Stop()
     limit = run.total_steps if args.max_steps is None else min(args.max_steps, run.total_steps)
     if main_rank:
-        print(f"{run.model.config} | {run.model.num_parameters():,} parameters | {len(run.train_ids):,} train / "
-              f"{len(run.val_ids):,} val chars | {run.steps_per_epoch} steps/epoch | {limit} steps | "
-              f"device {run.device} | {run.world} process(es)", flush=True)
+        print(
+            f"{run.model.config} | {run.model.num_parameters():,} parameters | {len(run.train_ids):,} train / "
+            f"{len(run.val_ids):,} val chars | {run.steps_per_epoch} steps/epoch | {limit} steps | "
+            f"device {run.device} | {run.world} process(es)",
+            flush=True,
+        )
 
-    bar = tqdm(total=limit, initial=run.step, disable=not main_rank, unit="step", dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(
+        total=limit,
+        initial=run.step,
+        disable=not main_rank,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
     losses: list[float] = []
     last_time = time.perf_counter()
     epoch = run.step // run.steps_per_epoch
@@ -495,8 +581,12 @@ def train(args: argparse.Namespace) -> int:
             bar.update(1)
             if main_rank and run.step % 10 == 0:
                 recent = sum(losses[-10:]) / len(losses[-10:])
-                bar.set_postfix(loss=f"{recent:.3f}", ppl=f"{math.exp(recent):.2f}",
-                                tok_s=f"{run.tokens_seen / max(run.wall_time, 1e-9):,.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{recent:.3f}",
+                    ppl=f"{math.exp(recent):.2f}",
+                    tok_s=f"{run.tokens_seen / max(run.wall_time, 1e-9):,.0f}",
+                    refresh=False,
+                )
             if run.step % eval_every == 0 or run.step == limit:
                 evaluate(run, losses, bar, final=run.step == limit)
                 losses = []
@@ -510,8 +600,11 @@ def train(args: argparse.Namespace) -> int:
     if main_rank:
         run.save_checkpoint()
         if stop.signum is not None:
-            print(f"stopped by signal {stop.signum} at step {run.step}; checkpoint {run.ckpt_path} "
-                  f"(continue with --resume {run.ckpt_path})", flush=True)
+            print(
+                f"stopped by signal {stop.signum} at step {run.step}; checkpoint {run.ckpt_path} "
+                f"(continue with --resume {run.ckpt_path})",
+                flush=True,
+            )
         else:
             print(f"done: {run.step} steps, best validation {run.best_val:.4f} nats/char -> {run.out}", flush=True)
     return 128 + stop.signum if stop.signum is not None else 0
@@ -524,14 +617,24 @@ def evaluate(run: Run, losses: list[float], bar: tqdm, final: bool) -> float | N
     train_nll = sum(losses) / len(losses) if losses else float("nan")
     val_nll = run.validation_nll(None if final else run.args.eval_chars) if len(run.val_ids) > 1 else train_nll
     sample = run.sample(SAMPLE_PREFIX, run.args.sample_chars)
-    record = {"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 3), "tokens": run.tokens_seen,
-              "wall_time_s": round(run.wall_time, 1), "lr": run.schedule.get_last_lr()[0],
-              "train_nll": train_nll, "train_ppl": math.exp(train_nll) if losses else None,
-              "val_nll": val_nll, "val_ppl": math.exp(val_nll), "val_bpc": val_nll / math.log(2)}
+    record = {
+        "step": run.step,
+        "epoch": round(run.step / run.steps_per_epoch, 3),
+        "tokens": run.tokens_seen,
+        "wall_time_s": round(run.wall_time, 1),
+        "lr": run.schedule.get_last_lr()[0],
+        "train_nll": train_nll,
+        "train_ppl": math.exp(train_nll) if losses else None,
+        "val_nll": val_nll,
+        "val_ppl": math.exp(val_nll),
+        "val_bpc": val_nll / math.log(2),
+    }
     run.log_metrics(record)
-    bar.write(f"step {run.step:>6} | train ppl {math.exp(train_nll):7.3f} ({train_nll / math.log(2):.3f} bpc) | "
-              f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
-              f"sample: {sample!r}")
+    bar.write(
+        f"step {run.step:>6} | train ppl {math.exp(train_nll):7.3f} ({train_nll / math.log(2):.3f} bpc) | "
+        f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
+        f"sample: {sample!r}"
+    )
     if val_nll < run.best_val:
         run.best_val = val_nll
         save_weights(run.out, run.model, run.vocab, run.training_metadata(val_nll))
@@ -548,8 +651,11 @@ def _plot(run: Run) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         if not run.plot_note_shown:
-            print(f"note: matplotlib is not installed, so no {run.out.with_suffix('.png')} is written "
-                  "(pip install -e '.[plot]')", flush=True)
+            print(
+                f"note: matplotlib is not installed, so no {run.out.with_suffix('.png')} is written "
+                "(pip install -e '.[plot]')",
+                flush=True,
+            )
             run.plot_note_shown = True
         return
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines() if line.strip()]

@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from model.atomic import atomic_write_bytes
-from model.lm import LMConfig, RNNLM
+from model.lm import RNNLM, LMConfig
 from model.vocab import Vocab
 
 __all__ = ["FORMAT", "LoadedWeights", "WeightsError", "load_weights", "save_weights"]
@@ -45,7 +45,6 @@ class LoadedWeights:
     training: dict = field(default_factory=dict)
     path: str = ""
     sha256: str = ""  # of the whole file (its metadata and tensors): the identity of this model
-
 
     @property
     def config(self) -> LMConfig:
@@ -92,8 +91,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             raise WeightsError(path, f"tensor {name!r} contains NaN or infinite values")
     model.load_state_dict(tensors)
     model.to(device).eval()
-    return LoadedWeights(model=model, vocab=vocab, training=training, path=str(path),
-                         sha256=hashlib.sha256(data).hexdigest())
+    return LoadedWeights(
+        model=model, vocab=vocab, training=training, path=str(path), sha256=hashlib.sha256(data).hexdigest()
+    )
 
 
 def _header_length(data: bytes) -> int:
@@ -148,7 +148,9 @@ def _check_tensor_entries(path: Path, header: dict, model: RNNLM, data_bytes: in
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     missing = sorted(expected.keys() - header.keys())
     if missing:
-        raise WeightsError(path, f"missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise WeightsError(
+            path, f"missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = sorted(header.keys() - expected.keys())
     if extra:
         raise WeightsError(path, f"unexpected tensor {extra[0]!r}")

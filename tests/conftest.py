@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from model import LMConfig, RNNLM, Vocab, load_weights, save_weights
+from model import RNNLM, LMConfig, Vocab, load_weights, save_weights
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
 
@@ -90,9 +90,24 @@ def start_server(weights: str, log_path, module: str = "app", **env: str):
     127.0.0.1 port; returns (base URL, process) once /ready answers 200 (at most 30 s)."""
     port = free_port()
     log = open(log_path, "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port),
-                             "--weights", weights, "--log-level", "warning"],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--weights",
+            weights,
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     proc.log = log
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -136,5 +151,7 @@ def assert_greedy(loaded, prefix: str, completion: str, tolerance: float = 1e-4)
         row = logits[0, position, 1:]
         chosen = int(ids[len(prefix) + i]) - 1
         gap = float(row.max() - row[chosen])
-        assert gap <= tolerance, (f"character {i} of the completion of {prefix!r} is {completion[i]!r}, "
-                                  f"{gap:.3g} below the likeliest {loaded.vocab.tokens[int(row.argmax()) + 1]!r}")
+        assert gap <= tolerance, (
+            f"character {i} of the completion of {prefix!r} is {completion[i]!r}, "
+            f"{gap:.3g} below the likeliest {loaded.vocab.tokens[int(row.argmax()) + 1]!r}"
+        )

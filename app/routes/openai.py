@@ -14,8 +14,17 @@ from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation, TokenInfo
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.schemas import (ChatCompletionRequest, CompletionChoice, CompletionLogprobs, CompletionRequest,
-                         CompletionResponse, ModelCard, ModelList, PromptTokensDetails, Usage)
+from app.schemas import (
+    ChatCompletionRequest,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    Usage,
+)
 from app.sse import event, stream_choices
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -30,8 +39,12 @@ async def models(engine: EngineClient = Depends(get_engine)) -> ModelList:
 
 def _logprobs(infos: list[TokenInfo], start_offset: int) -> CompletionLogprobs:
     offsets = [start_offset + i for i in range(len(infos))]  # one character per token
-    return CompletionLogprobs(tokens=[i.text for i in infos], token_logprobs=[i.logprob for i in infos],
-                              top_logprobs=[i.top for i in infos], text_offset=offsets)
+    return CompletionLogprobs(
+        tokens=[i.text for i in infos],
+        token_logprobs=[i.logprob for i in infos],
+        top_logprobs=[i.top for i in infos],
+        text_offset=offsets,
+    )
 
 
 async def _prompt_infos(engine: EngineClient, prompt: str, k: int, state: str | None) -> list[TokenInfo]:
@@ -40,7 +53,7 @@ async def _prompt_infos(engine: EngineClient, prompt: str, k: int, state: str | 
     infos = [] if state else [TokenInfo(prompt[0], None, None)]
     if len(prompt) > len(infos):
         s = await engine.perplexity(prompt, None, True, top_k=k, state=state, param_state="rnnlm_state")
-        for i, char in enumerate(prompt[len(infos):]):
+        for i, char in enumerate(prompt[len(infos) :]):
             infos.append(TokenInfo(char, s.token_logprobs[i], s.top[i] if k else None))
     return infos
 
@@ -50,15 +63,22 @@ def _state_fields(g: Generation) -> dict:
     return {"rnnlm_state": g.state, "rnnlm_state_chars": g.state_chars} if g.state is not None else {}
 
 
-def _choice(prompt: str, echo: bool, k: int | None, g: Generation, index: int,
-            prompt_infos: list[TokenInfo] | None) -> CompletionChoice:
+def _choice(
+    prompt: str, echo: bool, k: int | None, g: Generation, index: int, prompt_infos: list[TokenInfo] | None
+) -> CompletionChoice:
     text = (prompt if echo else "") + g.completion
     logprobs = None
     if k is not None:
         infos = (prompt_infos or []) + g.tokens if echo else list(g.tokens)
         logprobs = _logprobs(infos, 0)
-    return CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=g.finish_reason,
-                            stop_reason=g.stop_reason, **_state_fields(g))
+    return CompletionChoice(
+        text=text,
+        index=index,
+        logprobs=logprobs,
+        finish_reason=g.finish_reason,
+        stop_reason=g.stop_reason,
+        **_state_fields(g),
+    )
 
 
 def _prompts(body: CompletionRequest, engine: EngineClient) -> list[str]:
@@ -81,11 +101,16 @@ def _samplers(body: CompletionRequest | ChatCompletionRequest, engine: EngineCli
     bias = []
     for key, value in (body.logit_bias or {}).items():  # values are in [-100, 100] (the schema)
         if not key.isdigit() or int(key) >= len(engine.tokens):
-            raise ApiError(422, f"logit_bias: {key!r} is not a token id of this model (0–{len(engine.tokens) - 1})",
-                           "logit_bias")
+            raise ApiError(
+                422, f"logit_bias: {key!r} is not a token id of this model (0–{len(engine.tokens) - 1})", "logit_bias"
+            )
         bias.append((int(key), float(value)))
-    return [body.sampler(i, logit_bias=tuple(bias), frequency_penalty=body.frequency_penalty,
-                         presence_penalty=body.presence_penalty) for i in range(count)]
+    return [
+        body.sampler(
+            i, logit_bias=tuple(bias), frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty
+        )
+        for i in range(count)
+    ]
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -94,6 +119,7 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 def _best(generations: list[Generation], n: int) -> list[Generation]:
     """OpenAI's best_of: the n generations with the highest mean log-probability per token, in their order."""
+
     def mean(g: Generation) -> float:
         return sum(t.logprob for t in g.tokens) / len(g.tokens) if g.tokens else 0.0
 
@@ -101,10 +127,20 @@ def _best(generations: list[Generation], n: int) -> list[Generation]:
     return [generations[i] for i in sorted(ranked)]
 
 
-@router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False, responses={
-    200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
-async def completions(body: CompletionRequest, request: Request, engine: EngineClient = Depends(get_engine),
-                      metrics: Metrics = Depends(get_metrics)):
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    response_model_exclude_none=False,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}
+    },
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    engine: EngineClient = Depends(get_engine),
+    metrics: Metrics = Depends(get_metrics),
+):
     """OpenAI's legacy completions API over this character model (one token = one character). Choices come
     grouped by prompt, then by ``n``, each with its ``index``."""
     model_id = engine.settings.model_id
@@ -124,12 +160,21 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
 
     async def one(prompt: str):
         infos = await _prompt_infos(engine, prompt, k, body.rnnlm_state) if body.echo and k is not None else None
-        generations = await engine.generate(prompt, max_tokens, samplers, stops, top,
-                                            stream=body.stream and not ranking, param_prefix="prompt",
-                                            param_tokens="max_tokens",
-                                            receive=request.receive, min_tokens=body.min_tokens,
-                                            state=body.rnnlm_state, return_state=body.rnnlm_return_state,
-                                            param_state="rnnlm_state")
+        generations = await engine.generate(
+            prompt,
+            max_tokens,
+            samplers,
+            stops,
+            top,
+            stream=body.stream and not ranking,
+            param_prefix="prompt",
+            param_tokens="max_tokens",
+            receive=request.receive,
+            min_tokens=body.min_tokens,
+            state=body.rnnlm_state,
+            return_state=body.rnnlm_return_state,
+            param_state="rnnlm_state",
+        )
         return infos, (_best(generations, body.n) if ranking else generations)
 
     for prompt in prompts:
@@ -147,8 +192,15 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         def chunk(index: int, text: str, finish: str | None, infos=None, offset=0, end: dict | None = None) -> str:
             lp = _logprobs(infos, offset).model_dump() if infos is not None else None
             choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish, **(end or {})}
-            return event({"id": request_id, "object": "text_completion", "created": created, "model": model_id,
-                          "choices": [choice]})
+            return event(
+                {
+                    "id": request_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_id,
+                    "choices": [choice],
+                }
+            )
 
         sent = [0] * len(streamed)  # characters sent per choice (a generation may have received more by now)
 
@@ -162,12 +214,24 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineC
         def on_end() -> list[str]:
             gs = [g for _, _, g in streamed]
             metrics.tokens_generated.inc(sum(g.num_tokens for g in gs))
-            end = [chunk(i, "", g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
-                   for i, g in enumerate(gs)]
+            end = [
+                chunk(i, "", g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
+                for i, g in enumerate(gs)
+            ]
             if body.stream_options is not None and body.stream_options.include_usage:
                 usage = _usage(prompts, gs, cached).model_dump()
-                end.append(event({"id": request_id, "object": "text_completion", "created": created,
-                                  "model": model_id, "choices": [], "usage": usage}))
+                end.append(
+                    event(
+                        {
+                            "id": request_id,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": model_id,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                )
             return [*end, event("[DONE]")]
 
         first = [chunk(i, prompt, None, infos, 0) for i, (prompt, infos, _) in enumerate(streamed)] if body.echo else []
@@ -189,8 +253,12 @@ def _usage(prompts: list[str], generations: list[Generation], cached: int) -> Us
     """Totals over every prompt and choice; ``cached``: prompt characters whose state came from the cache."""
     prompt_tokens = sum(len(p) for p in prompts)
     completion = sum(g.num_tokens for g in generations)
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
-                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 # -- chat -------------------------------------------------------------------------------------------------------
@@ -210,14 +278,25 @@ def _chat_logprobs(infos: list[TokenInfo]) -> dict:
     def entry(text: str, value: float) -> dict:
         return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
 
-    return {"content": [{**entry(t.text, t.logprob), "top_logprobs": [entry(c, v) for c, v in (t.top or {}).items()]}
-                        for t in infos]}
+    return {
+        "content": [
+            {**entry(t.text, t.logprob), "top_logprobs": [entry(c, v) for c, v in (t.top or {}).items()]} for t in infos
+        ]
+    }
 
 
-@router.post("/chat/completions", responses={
-    200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}})
-async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineClient = Depends(get_engine),
-                           metrics: Metrics = Depends(get_metrics)):
+@router.post(
+    "/chat/completions",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    engine: EngineClient = Depends(get_engine),
+    metrics: Metrics = Depends(get_metrics),
+):
     """OpenAI's chat completions: the messages are written out by the chat template (/info shows it), the
     assistant's turn is opened, and the reply ends where the template ends a turn."""
     model_id = engine.settings.model_id
@@ -227,8 +306,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     if body.tool_choice not in (None, "none"):
         raise ApiError(400, "tool_choice is not supported by this model", "tool_choice", kind="unsupported_parameter")
     if body.response_format is not None and body.response_format != {"type": "text"}:
-        raise ApiError(400, "only response_format {'type': 'text'} is supported", "response_format",
-                       kind="unsupported_parameter")
+        raise ApiError(
+            400, "only response_format {'type': 'text'} is supported", "response_format", kind="unsupported_parameter"
+        )
     template = request.app.state.chat_template
     prompt = render_messages(body.messages, template)
     limit = engine.settings.max_num_tokens
@@ -241,12 +321,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
         max_tokens = min(100, limit)
     stops = _stops(body.stop)
     k = (body.top_logprobs or 0) if body.logprobs else None
-    generations = await engine.generate(prompt, max_tokens, _samplers(body, engine, body.n), stops, k,
-                                        stream=body.stream, param_prefix="messages", param_tokens=param,
-                                        receive=request.receive, min_tokens=body.min_tokens,
-                                        server_stops=[template.turn_end] if template.turn_end else [],
-                                        state=body.rnnlm_state, return_state=body.rnnlm_return_state,
-                                        param_state="rnnlm_state", allow_empty=bool(body.rnnlm_state))
+    generations = await engine.generate(
+        prompt,
+        max_tokens,
+        _samplers(body, engine, body.n),
+        stops,
+        k,
+        stream=body.stream,
+        param_prefix="messages",
+        param_tokens=param,
+        receive=request.receive,
+        min_tokens=body.min_tokens,
+        server_stops=[template.turn_end] if template.turn_end else [],
+        state=body.rnnlm_state,
+        return_state=body.rnnlm_return_state,
+        param_state="rnnlm_state",
+        allow_empty=bool(body.rnnlm_state),
+    )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
@@ -255,8 +346,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
         sent = [0] * len(generations)  # characters sent per choice (a generation may have received more by now)
 
         def chunk(index: int, delta: dict, finish: str | None = None, infos=None, end: dict | None = None) -> str:
-            choice = {"index": index, "delta": delta, "finish_reason": finish,
-                      "logprobs": _chat_logprobs(infos) if infos is not None else None, **(end or {})}
+            choice = {
+                "index": index,
+                "delta": delta,
+                "finish_reason": finish,
+                "logprobs": _chat_logprobs(infos) if infos is not None else None,
+                **(end or {}),
+            }
             return event({**head, "choices": [choice]})
 
         def on_piece(index: int, piece: str) -> str:
@@ -267,8 +363,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 
         def on_end() -> list[str]:
             metrics.tokens_generated.inc(sum(g.num_tokens for g in generations))
-            end = [chunk(i, {}, g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
-                   for i, g in enumerate(generations)]
+            end = [
+                chunk(i, {}, g.finish_reason, end={"stop_reason": g.stop_reason, **_state_fields(g)})
+                for i, g in enumerate(generations)
+            ]
             if body.stream_options is not None and body.stream_options.include_usage:
                 usage = _usage([prompt], generations, generations[0].cached_chars).model_dump()
                 end.append(event({**head, "choices": [], "usage": usage}))
@@ -279,9 +377,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 
     usage = _usage([prompt], generations, generations[0].cached_chars)
     metrics.tokens_generated.inc(usage.completion_tokens)
-    choices = [{"index": i, "message": {"role": "assistant", "content": g.completion},
-                "logprobs": _chat_logprobs(g.tokens) if k is not None else None, "finish_reason": g.finish_reason,
-                "stop_reason": g.stop_reason, **_state_fields(g)}
-               for i, g in enumerate(generations)]
-    return {"id": request_id, "object": "chat.completion", "created": created, "model": model_id,
-            "choices": choices, "usage": usage.model_dump()}
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": g.completion},
+            "logprobs": _chat_logprobs(g.tokens) if k is not None else None,
+            "finish_reason": g.finish_reason,
+            "stop_reason": g.stop_reason,
+            **_state_fields(g),
+        }
+        for i, g in enumerate(generations)
+    ]
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model_id,
+        "choices": choices,
+        "usage": usage.model_dump(),
+    }

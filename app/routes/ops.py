@@ -63,8 +63,10 @@ async def info(request: Request, engine: EngineClient = Depends(get_engine)) -> 
             "stream_flush_ms": s.stream_flush_ms,
         },
         "chat_template": request.app.state.chat_template.describe(),
-        "state_token": {**e["state_token"],
-                        "secret": "RNNLM_STATE_SECRET" if s.state_secret is not None else "random: this server only"},
+        "state_token": {
+            **e["state_token"],
+            "secret": "RNNLM_STATE_SECRET" if s.state_secret is not None else "random: this server only",
+        },
     }
 
 

@@ -15,18 +15,33 @@ router = APIRouter(tags=["scoring"])
 
 
 @router.post("/perplexity", response_model=PerplexityResponse, response_model_exclude_none=True)
-async def perplexity(body: PerplexityRequest, request: Request, engine: EngineClient = Depends(get_engine),
-                     metrics: Metrics = Depends(get_metrics)) -> PerplexityResponse:
+async def perplexity(
+    body: PerplexityRequest,
+    request: Request,
+    engine: EngineClient = Depends(get_engine),
+    metrics: Metrics = Depends(get_metrics),
+) -> PerplexityResponse:
     """Perplexity = exp(mean negative log-likelihood) of `text`, optionally after a `context` that only warms
     the state. Without a context or a state the first character is not scored (nothing predicts it)."""
-    result = await engine.perplexity(body.text, body.context, body.token_logprobs, receive=request.receive,
-                                     state=body.state, return_state=body.return_state)
+    result = await engine.perplexity(
+        body.text,
+        body.context,
+        body.token_logprobs,
+        receive=request.receive,
+        state=body.state,
+        return_state=body.return_state,
+    )
     metrics.chars_scored.inc(result.num_scored)
     scored = body.text if body.context or body.state else body.text[1:]
     return PerplexityResponse(
-        perplexity=math.exp(result.nll), nll=result.nll, bits_per_char=result.nll / math.log(2),
-        num_scored=result.num_scored, unknown_chars=result.unknown_chars, cached_chars=result.cached_chars,
+        perplexity=math.exp(result.nll),
+        nll=result.nll,
+        bits_per_char=result.nll / math.log(2),
+        num_scored=result.num_scored,
+        unknown_chars=result.unknown_chars,
+        cached_chars=result.cached_chars,
         tokens=list(scored) if body.token_logprobs else None,
         token_logprobs=result.token_logprobs if body.token_logprobs else None,
-        state=result.state, state_chars=result.state_chars if result.state else None,
+        state=result.state,
+        state_chars=result.state_chars if result.state else None,
     )

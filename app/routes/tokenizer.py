@@ -22,8 +22,9 @@ BOS = "\n"
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, request: Request,
-                   engine: EngineClient = Depends(get_engine)) -> TokenizeResponse:
+async def tokenize(
+    body: TokenizeRequest, request: Request, engine: EngineClient = Depends(get_engine)
+) -> TokenizeResponse:
     """The token ids of ``prompt`` (one per character), or of ``messages`` as the chat template writes them."""
     engine.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
@@ -53,6 +54,16 @@ async def detokenize(body: DetokenizeRequest, engine: EngineClient = Depends(get
 async def tokenizer_info(engine: EngineClient = Depends(get_engine)) -> dict:
     """What a client needs to tokenize as the server does."""
     vocab = engine.tokens.vocab
-    return {"model": engine.settings.model_id, "tokenizer_class": "character", "vocab_size": len(vocab),
-            "vocab": vocab, "unk_token": vocab[0], "unk_token_id": 0, "unk_token_text": UNKNOWN_TEXT,
-            "bos_token": BOS if BOS in vocab[1:] else None, "eos_token": None, "pad_token": None, "max_model_len": engine.settings.max_text_chars}
+    return {
+        "model": engine.settings.model_id,
+        "tokenizer_class": "character",
+        "vocab_size": len(vocab),
+        "vocab": vocab,
+        "unk_token": vocab[0],
+        "unk_token_id": 0,
+        "unk_token_text": UNKNOWN_TEXT,
+        "bos_token": BOS if BOS in vocab[1:] else None,
+        "eos_token": None,
+        "pad_token": None,
+        "max_model_len": engine.settings.max_text_chars,
+    }

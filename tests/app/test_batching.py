@@ -20,9 +20,11 @@ from tests.app.test_predict import library_greedy, parse_events
 from tests.conftest import assert_error, make_weights_file, start_server, stop_server
 
 SHIPPED = "weights/rnn.safetensors"
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
-        "You are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\nFirst Citizen:\n"
-        "First, you know Caius Marcius is chief enemy to the people.\n")
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
+    "You are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\nFirst Citizen:\n"
+    "First, you know Caius Marcius is chief enemy to the people.\n"
+)
 
 
 def prefixes(n: int) -> list[str]:
@@ -55,8 +57,7 @@ def test_concurrent_greedy_requests_are_batched_and_equal_each_alone(shipped_ser
     single-stream loop gives, and the scheduler really ran them together (mean batch size > 1)."""
     before = httpx.get(f"{shipped_server}/metrics").text
     texts = prefixes(32)
-    responses = asyncio.run(post_all(shipped_server, [("/predict", {"prefix": p, "num_tokens": 150})
-                                                      for p in texts]))
+    responses = asyncio.run(post_all(shipped_server, [("/predict", {"prefix": p, "num_tokens": 150}) for p in texts]))
     after = httpx.get(f"{shipped_server}/metrics").text
     for p, r in zip(texts, responses):
         assert r.status_code == 200, r.text
@@ -87,7 +88,7 @@ def test_generation_scoring_and_sampling_mixed_in_one_batch(shipped_server, ship
     requests += [("/perplexity", {"text": long_text}), ("/perplexity", {"text": "hear me", "context": TEXT[:90]})]
     requests += [("/predict", {"prefix": "All:", "num_tokens": 60, "temperature": 0.8, "top_k": 20, "seed": 3})]
     responses = asyncio.run(post_all(shipped_server, requests))
-    for (path, body), r in zip(requests[:6], responses[:6]):
+    for (_, body), r in zip(requests[:6], responses[:6]):
         assert r.json()["completion"] == library_greedy(shipped, body["prefix"], 80)
     assert responses[6].json()["nll"] == pytest.approx(independent_nll(shipped, long_text), rel=1e-5)
     expected = score(shipped.model, shipped.vocab.encode("hear me"), shipped.vocab.encode(TEXT[:90])).nll
@@ -100,10 +101,12 @@ def test_generation_scoring_and_sampling_mixed_in_one_batch(shipped_server, ship
 def test_streaming_and_plain_requests_together_give_the_same_text(shipped_server, shipped):
     async def run():
         async with httpx.AsyncClient(base_url=shipped_server, timeout=60) as http:
+
             async def streamed(prefix):
                 pieces = []
-                async with http.stream("POST", "/predict", json={"prefix": prefix, "num_tokens": 100,
-                                                                  "stream": True}) as r:
+                async with http.stream(
+                    "POST", "/predict", json={"prefix": prefix, "num_tokens": 100, "stream": True}
+                ) as r:
                     text = (await r.aread()).decode()
                 for name, data in parse_events(text):
                     if name == "token":
@@ -121,8 +124,13 @@ def test_streaming_and_plain_requests_together_give_the_same_text(shipped_server
 
 
 def test_a_full_queue_answers_429_with_the_error_body(weights_file, tmp_path):
-    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_BATCH_SIZE="1", RNNLM_MAX_QUEUE="2",
-                              RNNLM_MAX_NUM_TOKENS="2000")
+    base, proc = start_server(
+        weights_file,
+        tmp_path / "server.log",
+        RNNLM_MAX_BATCH_SIZE="1",
+        RNNLM_MAX_QUEUE="2",
+        RNNLM_MAX_NUM_TOKENS="2000",
+    )
     try:
         responses = asyncio.run(post_all(base, [("/predict", {"prefix": "All:", "num_tokens": 2000})] * 12))
         codes = sorted(r.status_code for r in responses)
@@ -198,8 +206,9 @@ def test_metrics_report_the_cache_and_the_batch(client):
     assert metric(text, "rnnlm_batch_steps_total") >= 10
 
 
-@pytest.mark.parametrize("off", [{"batching": False}, {"prefix_cache_entries": 0},
-                                 {"batching": False, "prefix_cache_entries": 0}])
+@pytest.mark.parametrize(
+    "off", [{"batching": False}, {"prefix_cache_entries": 0}, {"batching": False, "prefix_cache_entries": 0}]
+)
 def test_switching_batching_or_the_cache_off_gives_the_same_answers(settings, loaded, off):
     with TestClient(create_app(settings.model_copy(update=off))) as client:
         for _ in range(2):
@@ -207,8 +216,9 @@ def test_switching_batching_or_the_cache_off_gives_the_same_answers(settings, lo
             assert body["completion"] == library_greedy(loaded, "First Citizen:\n", 60)
             assert body["cached_chars"] == (0 if off.get("prefix_cache_entries") == 0 else body["cached_chars"])
             r = client.post("/perplexity", json={"text": "hear me speak.", "context": "Before we proceed"}).json()
-            expected = score(loaded.model, loaded.vocab.encode("hear me speak."),
-                             loaded.vocab.encode("Before we proceed")).nll
+            expected = score(
+                loaded.model, loaded.vocab.encode("hear me speak."), loaded.vocab.encode("Before we proceed")
+            ).nll
             assert r["nll"] == pytest.approx(expected, rel=1e-6)
         assert client.get("/info").json()["serving"]["batching"] == off.get("batching", True)
 

@@ -19,8 +19,9 @@ def oai(client):
     return openai.OpenAI(base_url=str(client.base_url) + "/v1", api_key="unused", http_client=client, max_retries=0)
 
 
-def handwritten_greedy(loaded, prompt: str, n: int, bias: dict[int, float] | None = None, frequency: float = 0.0,
-                       presence: float = 0.0) -> str:
+def handwritten_greedy(
+    loaded, prompt: str, n: int, bias: dict[int, float] | None = None, frequency: float = 0.0, presence: float = 0.0
+) -> str:
     """Greedy decoding one forward call per token, with OpenAI's logit_bias (≤ -100 bans) and penalties:
     logit[j] -= count[j] * frequency + (count[j] > 0) * presence, counts over the generated tokens."""
     model, vocab = loaded.model, loaded.vocab
@@ -63,8 +64,16 @@ def test_prompts_as_token_ids_and_token_id_lists(oai, client, loaded):
 
 
 def test_stream_options_include_usage_sends_a_last_chunk_with_no_choices(oai, loaded):
-    chunks = list(oai.completions.create(model="tiny", prompt="All:\n", max_tokens=20, temperature=0, stream=True,
-                                         stream_options={"include_usage": True}))
+    chunks = list(
+        oai.completions.create(
+            model="tiny",
+            prompt="All:\n",
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
     assert chunks[-1].usage.prompt_tokens == 5 and chunks[-1].usage.total_tokens == 25
     assert "".join(c.choices[0].text for c in chunks[:-1]) == library_greedy(loaded, "All:\n", 20)
@@ -80,9 +89,20 @@ def test_suffix_is_a_clear_400_and_unknown_fields_stay_422(oai, client):
 
 
 def test_the_fields_langchain_always_sends_are_accepted(client, loaded):
-    body = {"prompt": ["All:\n"], "max_tokens": 12, "temperature": 0, "top_p": 1, "n": 1, "logit_bias": {},
-            "frequency_penalty": 0, "presence_penalty": 0, "seed": None, "logprobs": None, "user": "someone",
-            "stream": False}
+    body = {
+        "prompt": ["All:\n"],
+        "max_tokens": 12,
+        "temperature": 0,
+        "top_p": 1,
+        "n": 1,
+        "logit_bias": {},
+        "frequency_penalty": 0,
+        "presence_penalty": 0,
+        "seed": None,
+        "logprobs": None,
+        "user": "someone",
+        "stream": False,
+    }
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] == library_greedy(loaded, "All:\n", 12)
@@ -91,24 +111,33 @@ def test_the_fields_langchain_always_sends_are_accepted(client, loaded):
 def test_logit_bias_minus_100_never_emits_the_token_and_a_bias_shifts_greedy(oai, loaded):
     plain = library_greedy(loaded, "All:\n", 40)
     banned = loaded.vocab.index[plain[0]]  # the greedy first character, and more of them later
-    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=0,
-                               logit_bias={str(banned): -100})
+    r = oai.completions.create(
+        model="tiny", prompt="All:\n", max_tokens=40, temperature=0, logit_bias={str(banned): -100}
+    )
     assert plain[0] not in r.choices[0].text
     assert r.choices[0].text == handwritten_greedy(loaded, "All:\n", 40, bias={banned: -100})
     favoured = loaded.vocab.index["e"]
-    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=0,
-                               logit_bias={str(favoured): 3.5})
+    r = oai.completions.create(
+        model="tiny", prompt="All:\n", max_tokens=40, temperature=0, logit_bias={str(favoured): 3.5}
+    )
     assert r.choices[0].text == handwritten_greedy(loaded, "All:\n", 40, bias={favoured: 3.5})
     assert r.choices[0].text != plain
-    sampled = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=200, temperature=1.5, seed=1,
-                                     logit_bias={str(banned): -100})
+    sampled = oai.completions.create(
+        model="tiny", prompt="All:\n", max_tokens=200, temperature=1.5, seed=1, logit_bias={str(banned): -100}
+    )
     assert plain[0] not in sampled.choices[0].text
 
 
 @pytest.mark.parametrize("frequency, presence", [(1.5, 0.0), (0.0, 1.2), (0.7, 0.4), (-0.5, 0.0)])
 def test_frequency_and_presence_penalties_follow_openais_definition(oai, loaded, frequency, presence):
-    r = oai.completions.create(model="tiny", prompt="Speak", max_tokens=60, temperature=0,
-                               frequency_penalty=frequency, presence_penalty=presence)
+    r = oai.completions.create(
+        model="tiny",
+        prompt="Speak",
+        max_tokens=60,
+        temperature=0,
+        frequency_penalty=frequency,
+        presence_penalty=presence,
+    )
     assert r.choices[0].text == handwritten_greedy(loaded, "Speak", 60, frequency=frequency, presence=presence)
 
 
@@ -116,8 +145,10 @@ def test_penalties_apply_in_the_batch_too(client, loaded):
     """Several requests at once (the batch's shared argmax must not be used for penalised rows)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    bodies = [{"prompt": p, "max_tokens": 50, "temperature": 0, "frequency_penalty": 1.0}
-              for p in ["All:\n", "First", "Speak", "Before we"]]
+    bodies = [
+        {"prompt": p, "max_tokens": 50, "temperature": 0, "frequency_penalty": 1.0}
+        for p in ["All:\n", "First", "Speak", "Before we"]
+    ]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda b: client.post("/v1/completions", json=b).json(), bodies))
     for b, r in zip(bodies, results):
@@ -133,7 +164,8 @@ def test_best_of_returns_the_samples_with_the_highest_mean_logprob(oai):
     assert [c.text for c in best.choices] == [every.choices[i].text for i in expected]
     assert [c.index for c in best.choices] == [0, 1] and best.choices[0].logprobs is None
     assert [c.text for c in oai.completions.create(n=3, best_of=2, **args).choices] == [
-        c.text for c in oai.completions.create(n=3, **args).choices]  # best_of below n: the n themselves
+        c.text for c in oai.completions.create(n=3, **args).choices
+    ]  # best_of below n: the n themselves
 
 
 def test_tokenize_detokenize_and_tokenizer_info(client, loaded):
@@ -152,8 +184,9 @@ def test_tokenize_detokenize_and_tokenizer_info(client, loaded):
 def test_langchain_invoke_batch_and_stream_against_the_real_server(weights_file, tmp_path, loaded):
     base, proc = start_server(weights_file, tmp_path / "server.log")
     try:
-        llm = LangChainOpenAI(base_url=f"{base}/v1", api_key="unused", model="tiny", temperature=0, max_tokens=25,
-                              max_retries=0)
+        llm = LangChainOpenAI(
+            base_url=f"{base}/v1", api_key="unused", model="tiny", temperature=0, max_tokens=25, max_retries=0
+        )
         assert llm.invoke("All:\n") == library_greedy(loaded, "All:\n", 25)
         prompts = ["First", "Speak, speak", "All:\n", "Before"]
         assert llm.batch(prompts) == [library_greedy(loaded, p, 25) for p in prompts]
@@ -176,8 +209,9 @@ def reply(loaded, prompt: str, n: int) -> tuple[str, str]:
 
 def test_chat_completions_render_the_template_and_stop_at_the_next_turn(oai, client, loaded):
     messages = [("system", "All speak."), ("user", "Speak, speak.")]
-    r = oai.chat.completions.create(model="tiny", messages=[{"role": a, "content": b} for a, b in messages],
-                                    max_tokens=120, temperature=0)
+    r = oai.chat.completions.create(
+        model="tiny", messages=[{"role": a, "content": b} for a, b in messages], max_tokens=120, temperature=0
+    )
     text, finish = reply(loaded, rendered(messages), 120)
     assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason == finish
@@ -202,8 +236,16 @@ def test_chat_names_speakers_takes_max_completion_tokens_n_and_stop(oai, loaded)
 
 def test_chat_streams_deltas_and_the_usage_chunk(oai, loaded):
     messages = [{"role": "user", "content": "All:"}]
-    chunks = list(oai.chat.completions.create(model="tiny", messages=messages, max_tokens=60, temperature=0,
-                                              stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=60,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     expected, finish = reply(loaded, rendered([("user", "All:")]), 60)
@@ -213,14 +255,23 @@ def test_chat_streams_deltas_and_the_usage_chunk(oai, loaded):
 
 
 def test_chat_logprobs_and_refusals(oai, client):
-    r = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=5,
-                                    temperature=0, logprobs=True, top_logprobs=2)
+    r = oai.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Speak"}],
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert all(len(t.top_logprobs) == 2 and t.logprob == pytest.approx(t.top_logprobs[0].logprob) for t in content)
     with pytest.raises(openai.BadRequestError):
-        oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a"}],
-                                    tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        oai.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "a"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
     assert_error(client.post("/v1/chat/completions", json={"messages": []}), 422, "messages")
 
 
@@ -229,8 +280,13 @@ def test_a_bad_chat_template_setting_exits_2_with_one_line(weights_file):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "app", "--weights", weights_file], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "RNNLM_CHAT_TEMPLATE": "{content} only"})
+    run = subprocess.run(
+        [sys.executable, "-m", "app", "--weights", weights_file],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RNNLM_CHAT_TEMPLATE": "{content} only"},
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "RNNLM_CHAT_TEMPLATE" in run.stderr
 
 
@@ -245,8 +301,10 @@ def handwritten_repetition_greedy(loaded, prompt: str, n: int, r: float) -> str:
         chosen = []
         for _ in range(n):
             logits = out[0, -1].tolist()
-            values = [(logits[j] / r if logits[j] > 0 else logits[j] * r) if j in seen else logits[j]
-                      for j in range(len(vocab))]
+            values = [
+                (logits[j] / r if logits[j] > 0 else logits[j] * r) if j in seen else logits[j]
+                for j in range(len(vocab))
+            ]
             best = max(range(1, len(vocab)), key=lambda j: values[j])
             chosen.append(best)
             seen.add(best)
@@ -257,8 +315,9 @@ def handwritten_repetition_greedy(loaded, prompt: str, n: int, r: float) -> str:
 @pytest.mark.parametrize("r", [1.3, 2.0, 0.8])
 def test_repetition_penalty_follows_ctrls_definition_in_both_apis(oai, client, loaded, r):
     expected = handwritten_repetition_greedy(loaded, "Speak, speak", 60, r)
-    c = oai.completions.create(model="tiny", prompt="Speak, speak", max_tokens=60, temperature=0,
-                               extra_body={"repetition_penalty": r})
+    c = oai.completions.create(
+        model="tiny", prompt="Speak, speak", max_tokens=60, temperature=0, extra_body={"repetition_penalty": r}
+    )
     assert c.choices[0].text == expected
     p = client.post("/predict", json={"prefix": "Speak, speak", "num_tokens": 60, "repetition_penalty": r}).json()
     assert p["completion"] == expected
@@ -267,16 +326,20 @@ def test_repetition_penalty_follows_ctrls_definition_in_both_apis(oai, client, l
 def test_min_p_keeps_only_characters_within_its_share_of_the_likeliest(oai, loaded):
     """Each sampled character's probability (temperature 1, as logprobs report it) is at least min_p times the
     most likely one's; min_p = 1 leaves only the argmax: greedy."""
-    r = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=80, temperature=1.0, seed=5, logprobs=1,
-                               extra_body={"min_p": 0.3})
+    r = oai.completions.create(
+        model="tiny", prompt="All:\n", max_tokens=80, temperature=1.0, seed=5, logprobs=1, extra_body={"min_p": 0.3}
+    )
     lp = r.choices[0].logprobs
     for value, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert math.exp(value) >= 0.3 * math.exp(max(top.values())) - 1e-6
     loose = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=80, temperature=1.0, seed=5, logprobs=1)
-    assert any(math.exp(v) < 0.3 * math.exp(max(t.values())) for v, t in
-               zip(loose.choices[0].logprobs.token_logprobs, loose.choices[0].logprobs.top_logprobs))
-    greedy = oai.completions.create(model="tiny", prompt="All:\n", max_tokens=40, temperature=1.5, seed=5,
-                                    extra_body={"min_p": 1.0})
+    assert any(
+        math.exp(v) < 0.3 * math.exp(max(t.values()))
+        for v, t in zip(loose.choices[0].logprobs.token_logprobs, loose.choices[0].logprobs.top_logprobs)
+    )
+    greedy = oai.completions.create(
+        model="tiny", prompt="All:\n", max_tokens=40, temperature=1.5, seed=5, extra_body={"min_p": 1.0}
+    )
     assert greedy.choices[0].text == library_greedy(loaded, "All:\n", 40)
 
 
@@ -284,8 +347,9 @@ def test_min_tokens_ignores_stop_sequences_until_reached(oai, client, loaded):
     full = library_greedy(loaded, "Speak", 120)
     stop = next(c for c in full[:10] if full.count(c) >= 3)  # a character that comes early and again later
     at = full.index(stop, 30)
-    c = oai.completions.create(model="tiny", prompt="Speak", max_tokens=120, temperature=0, stop=[stop],
-                               extra_body={"min_tokens": 30})
+    c = oai.completions.create(
+        model="tiny", prompt="Speak", max_tokens=120, temperature=0, stop=[stop], extra_body={"min_tokens": 30}
+    )
     assert c.choices[0].text == full[:at] and c.choices[0].finish_reason == "stop"
     p = client.post("/predict", json={"prefix": "Speak", "num_tokens": 120, "stop": [stop], "min_tokens": 30}).json()
     assert p["completion"] == full[:at]
@@ -297,16 +361,28 @@ def test_min_tokens_ignores_stop_sequences_until_reached(oai, client, loaded):
 
 def test_several_prompts_and_choices_stream_together_by_index(oai, loaded):
     prompts = ["All:\n", "First"]
-    chunks = list(oai.completions.create(model="tiny", prompt=prompts, max_tokens=25, temperature=0, n=2,
-                                         stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai.completions.create(
+            model="tiny",
+            prompt=prompts,
+            max_tokens=25,
+            temperature=0,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     texts = {}
     for c in chunks[:-1]:
         (choice,) = c.choices
         texts[choice.index] = texts.get(choice.index, "") + choice.text
     assert texts == {i: library_greedy(loaded, prompts[i // 2], 25) for i in range(4)}
     assert chunks[-1].usage.completion_tokens == 4 * 25
-    chat = list(oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "All:"}], n=2,
-                                            max_tokens=30, temperature=0, stream=True))
+    chat = list(
+        oai.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "All:"}], n=2, max_tokens=30, temperature=0, stream=True
+        )
+    )
     replies = {}
     for c in chat:
         for choice in c.choices:
@@ -339,8 +415,18 @@ doc_to_target: "{target}"
 """
 
 
-def run_lm_eval(tmp_path, base: str, model: str, model_args: str, kind: str, output: str, text: str, target: str,
-                extra: str, docs: list[dict]) -> list[dict]:
+def run_lm_eval(
+    tmp_path,
+    base: str,
+    model: str,
+    model_args: str,
+    kind: str,
+    output: str,
+    text: str,
+    target: str,
+    extra: str,
+    docs: list[dict],
+) -> list[dict]:
     import json
     import subprocess
     import sys
@@ -350,14 +436,33 @@ def run_lm_eval(tmp_path, base: str, model: str, model_args: str, kind: str, out
     data.write_text("".join(json.dumps(d) + "\n" for d in docs))
     tasks = tmp_path / f"tasks-{kind}"
     tasks.mkdir()
-    (tasks / f"{kind}.yaml").write_text(LM_EVAL_TASK.format(kind=kind, data=data, output=output, text=text,
-                                                            target=target, extra=extra))
+    (tasks / f"{kind}.yaml").write_text(
+        LM_EVAL_TASK.format(kind=kind, data=data, output=output, text=text, target=target, extra=extra)
+    )
     out = tmp_path / f"out-{kind}"
-    run = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--model_args", model_args,
-                          "--tasks", f"rnnlm_local_{kind}", "--include_path", str(tasks), "--log_samples",
-                          "--output_path", str(out), "--batch_size", "1"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lm_eval"),
+            "--model",
+            model,
+            "--model_args",
+            model_args,
+            "--tasks",
+            f"rnnlm_local_{kind}",
+            "--include_path",
+            str(tasks),
+            "--log_samples",
+            "--output_path",
+            str(out),
+            "--batch_size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     (samples,) = list(out.rglob("samples_*.jsonl"))
     return [json.loads(line) for line in samples.read_text().splitlines()]
@@ -366,13 +471,26 @@ def run_lm_eval(tmp_path, base: str, model: str, model_args: str, kind: str, out
 def test_lm_eval_rolling_loglikelihood_equals_perplexity_after_the_bos_newline(weights_file, tmp_path):
     """`lm_eval --model local-completions` with the remote tokenizer: token-id prompts, /tokenizer_info,
     /tokenize and /detokenize; every rolling log-likelihood is -nll × num_scored of /perplexity after "\\n"."""
-    texts = ["First Citizen:\nBefore we proceed any further, hear me speak.",
-             "All:\nSpeak, speak.", "You are all resolved rather to die than to famish?"]
+    texts = [
+        "First Citizen:\nBefore we proceed any further, hear me speak.",
+        "All:\nSpeak, speak.",
+        "You are all resolved rather to die than to famish?",
+    ]
     base, proc = start_server(weights_file, tmp_path / "server.log")
     try:
         args = f"model=tiny,base_url={base}/v1/completions,tokenizer_backend=remote,tokenized_requests=True"
-        samples = run_lm_eval(tmp_path, base, "local-completions", args, "rolling", "loglikelihood_rolling", "",
-                              "{{text}}", "metric_list:\n  - metric: word_perplexity", [{"text": t} for t in texts])
+        samples = run_lm_eval(
+            tmp_path,
+            base,
+            "local-completions",
+            args,
+            "rolling",
+            "loglikelihood_rolling",
+            "",
+            "{{text}}",
+            "metric_list:\n  - metric: word_perplexity",
+            [{"text": t} for t in texts],
+        )
         import httpx
 
         for sample in samples:
@@ -394,18 +512,34 @@ def test_lm_eval_generations_and_loglikelihoods_equal_the_servers_own(weights_fi
     docs = [{"prompt": "All:\n", "target": "Speak"}, {"prompt": "First Citizen:\n", "target": "Before we"}]
     base, proc = start_server(weights_file, tmp_path / "server.log")
     try:
-        args = (f"model=tiny,base_url={base}/v1/completions,tokenizer_backend=remote,tokenized_requests=True"
-                if model == "local-completions" else f"base_url={base}")
-        gen = 'generation_kwargs:\n  until: ["\\n\\n"]\n  max_gen_toks: 30\n  do_sample: false\n' \
-              "metric_list:\n  - metric: exact_match"
-        for sample in run_lm_eval(tmp_path, base, model, args, "gen", "generate_until", "{{prompt}}", "{{target}}",
-                                  gen, docs):
+        args = (
+            f"model=tiny,base_url={base}/v1/completions,tokenizer_backend=remote,tokenized_requests=True"
+            if model == "local-completions"
+            else f"base_url={base}"
+        )
+        gen = (
+            'generation_kwargs:\n  until: ["\\n\\n"]\n  max_gen_toks: 30\n  do_sample: false\n'
+            "metric_list:\n  - metric: exact_match"
+        )
+        for sample in run_lm_eval(
+            tmp_path, base, model, args, "gen", "generate_until", "{{prompt}}", "{{target}}", gen, docs
+        ):
             # local-completions asks for max_gen_toks; gguf sends no max_tokens (OpenAI's default: 16) and strips
             full = library_greedy(loaded, sample["doc"]["prompt"], 30 if model == "local-completions" else 16)
             expected = full.split("\n\n")[0]
             assert sample["filtered_resps"][0] == (expected if model == "local-completions" else expected.strip())
-        for sample in run_lm_eval(tmp_path, base, model, args, "ll", "loglikelihood", "{{prompt}}", "{{target}}",
-                                  "metric_list:\n  - metric: acc", docs):
+        for sample in run_lm_eval(
+            tmp_path,
+            base,
+            model,
+            args,
+            "ll",
+            "loglikelihood",
+            "{{prompt}}",
+            "{{target}}",
+            "metric_list:\n  - metric: acc",
+            docs,
+        ):
             doc = sample["doc"]
             context, continuation = doc["prompt"], doc["target"]
             if model == "local-completions":  # lm-eval moves a context's trailing whitespace to the continuation
@@ -435,9 +569,20 @@ def test_streamed_logprobs_are_those_of_each_chunks_own_characters(server):
             tops += lp.top_logprobs
     assert tokens == plain.tokens and values == pytest.approx(plain.token_logprobs) and len(tops) == 40
     assert [sorted(t) for t in tops] == [sorted(t) for t in plain.top_logprobs]
-    chat_args = dict(model="tiny", messages=[{"role": "user", "content": "All:"}], max_tokens=40, temperature=0,
-                     logprobs=True, top_logprobs=2)
+    chat_args = dict(
+        model="tiny",
+        messages=[{"role": "user", "content": "All:"}],
+        max_tokens=40,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     whole = [t.token for t in oai.chat.completions.create(**chat_args).choices[0].logprobs.content]
-    streamed = [t.token for c in oai.chat.completions.create(stream=True, **chat_args)
-                for ch in c.choices if ch.logprobs for t in ch.logprobs.content]
+    streamed = [
+        t.token
+        for c in oai.chat.completions.create(stream=True, **chat_args)
+        for ch in c.choices
+        if ch.logprobs
+        for t in ch.logprobs.content
+    ]
     assert streamed == whole

@@ -50,9 +50,17 @@ def status_of(base: str, path: str) -> int:
 
 
 def test_the_http_side_never_imports_torch():
-    code = "import sys, app.main, app.asgi, app.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "RNNLM_ENGINE_ADDRESS": "/nonexistent"}).stdout
+    code = (
+        "import sys, app.main, app.asgi, app.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "RNNLM_ENGINE_ADDRESS": "/nonexistent"},
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -64,6 +72,7 @@ def test_killing_the_engine_ends_every_request_at_once_and_it_comes_back(weights
 
         async def load():
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
                 async def plain(i):
                     return await http.post("/predict", json={"prefix": f"All{i}:", "num_tokens": 1_000_000})
 
@@ -108,8 +117,9 @@ def test_killing_the_engine_ends_every_request_at_once_and_it_comes_back(weights
 
 def test_sigterm_drains_finishes_requests_in_flight_refuses_new_ones_and_exits_0(weights_file, tmp_path):
     loaded = load_weights(weights_file)
-    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000",
-                              RNNLM_DRAIN_SECONDS="120")
+    base, proc = start_server(
+        weights_file, tmp_path / "server.log", RNNLM_MAX_NUM_TOKENS="1000000", RNNLM_DRAIN_SECONDS="120"
+    )
     engine = engine_pid(base)
     n = 300_000  # seconds of work: still in flight when the signal and the new request come, on any machine
 
@@ -149,8 +159,11 @@ def test_a_client_that_times_out_is_cancelled_in_the_engine(shared_server):
     base, _ = shared_server
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 1_000_000}, timeout=0.5)
-    wait_for(lambda: metric(httpx.get(f"{base}/metrics").text, "rnnlm_batch_rows") == 0, 5,
-             "the abandoned generation leaves the batch")
+    wait_for(
+        lambda: metric(httpx.get(f"{base}/metrics").text, "rnnlm_batch_rows") == 0,
+        5,
+        "the abandoned generation leaves the batch",
+    )
     assert metric(httpx.get(f"{base}/metrics").text, "rnnlm_engine_requests") == 0
 
 
@@ -168,16 +181,19 @@ def test_64_concurrent_clients_get_what_each_would_alone_through_the_engine_proc
         same += completion == library_greedy(loaded, t, 120)
     assert same >= 60  # and most equal the single-stream loop's text exactly
     after = httpx.get(f"{base}/metrics").text
-    rows, steps = (metric(after, name) - metric(before, name)
-                   for name in ("rnnlm_batch_rows_stepped_total", "rnnlm_batch_steps_total"))
+    rows, steps = (
+        metric(after, name) - metric(before, name)
+        for name in ("rnnlm_batch_rows_stepped_total", "rnnlm_batch_steps_total")
+    )
     assert rows / steps > 4  # they really ran together
 
 
 def test_flush_denormal_stays_in_the_engine_a_tiny_top_p_is_accepted_and_means_greedy(shared_server, loaded):
     """top_p = 5e-324 is schema-valid (> 0); the nucleus is then the likeliest character alone."""
     base, _ = shared_server
-    r = httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 50, "temperature": 1.0,
-                                            "top_p": 5e-324, "seed": 7})
+    r = httpx.post(
+        f"{base}/predict", json={"prefix": "All:", "num_tokens": 50, "temperature": 1.0, "top_p": 5e-324, "seed": 7}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["completion"] == library_greedy(loaded, "All:", 50)
 
@@ -193,10 +209,14 @@ def test_a_4xx_leaves_no_traceback_in_the_log(shared_server):
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:99", "not a device"])
 def test_an_unusable_device_exits_2_with_one_line_naming_the_variable(weights_file, device):
-    run = subprocess.run([sys.executable, "-m", "app", "--weights", weights_file, "--port", "0"],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "RNNLM_DEVICE": device})
+    run = subprocess.run(
+        [sys.executable, "-m", "app", "--weights", weights_file, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RNNLM_DEVICE": device},
+    )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnlm-serve: error: RNNLM_DEVICE="), run.stderr
     assert "Traceback" not in run.stderr + run.stdout
-

@@ -81,7 +81,8 @@ def test_openai_client_raises_on_bad_requests(oai):
 
 
 def test_streaming_with_echo_sends_the_prompt_first(oai, loaded):
-    chunks = list(oai.completions.create(model="tiny", prompt="All:\n", max_tokens=12, temperature=0, stream=True,
-                                         echo=True))
+    chunks = list(
+        oai.completions.create(model="tiny", prompt="All:\n", max_tokens=12, temperature=0, stream=True, echo=True)
+    )
     assert chunks[0].choices[0].text == "All:\n"
     assert "".join(c.choices[0].text for c in chunks[1:]) == library_greedy(loaded, "All:\n", 12)

@@ -12,8 +12,16 @@ from tests.conftest import start_server, stop_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,9 @@ def test_page_generates_scores_and_shows_errors(server, page):
     assert completion.text_content() == expected["completion"]
     # each character's alternatives on hover: the API's top log-probabilities, as percentages
     first = page.locator("#completion span").first
-    top = httpx.post(base + "/v1/completions", json={"prompt": "First Citizen:\n", "max_tokens": 1,
-                                                     "temperature": 0, "logprobs": 5}).json()
+    top = httpx.post(
+        base + "/v1/completions", json={"prompt": "First Citizen:\n", "max_tokens": 1, "temperature": 0, "logprobs": 5}
+    ).json()
     best, value = next(iter(top["choices"][0]["logprobs"]["top_logprobs"][0].items()))
     assert first.get_attribute("title").splitlines()[0] == f"{json.dumps(best)}: {math.exp(value) * 100:.1f} %"
 
@@ -68,9 +77,18 @@ def test_page_generates_scores_and_shows_errors(server, page):
     page.get_by_label("Stop sequences (one per line; \\n for a newline)").fill("\\n\\n")
     page.get_by_role("button", name="Generate").click()
     expect(completion).to_have_attribute("data-done", "true")
-    sampled = httpx.post(base + "/v1/completions", json={
-        "prompt": "First Citizen:\n", "max_tokens": 60, "temperature": 0.9, "seed": 7, "top_k": 5,
-        "presence_penalty": 0.5, "stop": ["\n\n"]}).json()
+    sampled = httpx.post(
+        base + "/v1/completions",
+        json={
+            "prompt": "First Citizen:\n",
+            "max_tokens": 60,
+            "temperature": 0.9,
+            "seed": 7,
+            "top_k": 5,
+            "presence_penalty": 0.5,
+            "stop": ["\n\n"],
+        },
+    ).json()
     assert completion.text_content() == sampled["choices"][0]["text"]
 
     text = "Before we proceed any further, hear me speak."

@@ -1,8 +1,8 @@
 import math
 
 import pytest
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import assert_error
 

@@ -1,13 +1,12 @@
 import json
 
+import torch
 from fastapi.testclient import TestClient
 
-import torch
-
+from app.main import create_app
 from model import generate, warm
 from model.inference import iter_tokens
 from model.sampling import Sampler
-from app.main import create_app
 from tests.conftest import assert_error
 
 
@@ -21,8 +20,14 @@ def test_greedy_predict_equals_the_library_generation(client, loaded):
     r = client.post("/predict", json={"prefix": "First Citizen:\n", "num_tokens": 60})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body == {"prefix": "First Citizen:\n", "completion": library_greedy(loaded, "First Citizen:\n", 60),
-                    "num_tokens": 60, "finish_reason": "length", "unknown_chars": 0, "cached_chars": 0}
+    assert body == {
+        "prefix": "First Citizen:\n",
+        "completion": library_greedy(loaded, "First Citizen:\n", 60),
+        "num_tokens": 60,
+        "finish_reason": "length",
+        "unknown_chars": 0,
+        "cached_chars": 0,
+    }
 
 
 def test_predict_zero_tokens_only_warms(client):
@@ -123,8 +128,11 @@ def test_an_empty_prefix_generates_from_the_zero_state(client, loaded):
 
 def test_predict_rejects_non_finite_temperature(client):
     for bad in ("NaN", "Infinity", "-Infinity"):
-        r = client.post("/predict", content=f'{{"prefix": "a", "num_tokens": 1, "temperature": {bad}}}',
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            "/predict",
+            content=f'{{"prefix": "a", "num_tokens": 1, "temperature": {bad}}}',
+            headers={"content-type": "application/json"},
+        )
         assert_error(r, 422, "temperature")
 
 
@@ -135,11 +143,13 @@ def test_predict_rejects_bad_numbers(client):
 
 
 def test_predict_enforces_the_token_and_character_limits(client, settings):
-    assert_error(client.post("/predict", json={"prefix": "a", "num_tokens": settings.max_num_tokens + 1}),
-                 422, "num_tokens")
+    assert_error(
+        client.post("/predict", json={"prefix": "a", "num_tokens": settings.max_num_tokens + 1}), 422, "num_tokens"
+    )
     assert client.post("/predict", json={"prefix": "a", "num_tokens": settings.max_num_tokens}).status_code == 200
-    assert_error(client.post("/predict", json={"prefix": "a" * (settings.max_text_chars + 1), "num_tokens": 1}),
-                 422, "prefix")
+    assert_error(
+        client.post("/predict", json={"prefix": "a" * (settings.max_text_chars + 1), "num_tokens": 1}), 422, "prefix"
+    )
 
 
 def test_invalid_json_is_a_400(client):
@@ -168,8 +178,9 @@ def test_greedy_output_is_the_same_under_concurrent_load(client, loaded):
 
     prefixes = ["First", "All:\n", "Speak, ", "hear me"] * 4
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda p: client.post("/predict", json={"prefix": p, "num_tokens": 30}).json(),
-                                prefixes))
+        results = list(
+            pool.map(lambda p: client.post("/predict", json={"prefix": p, "num_tokens": 30}).json(), prefixes)
+        )
     for p, r in zip(prefixes, results):
         assert r["completion"] == library_greedy(loaded, p, 30)
     assert torch.get_num_threads() >= 1

@@ -16,9 +16,13 @@ def secured(weights_file):
 
 
 def test_routes_need_the_api_key_when_one_is_set(secured):
-    for method, path, body in [("POST", "/predict", {"prefix": "a", "num_tokens": 1}),
-                               ("POST", "/perplexity", {"text": "ab"}), ("GET", "/info", None),
-                               ("GET", "/metrics", None), ("GET", "/v1/models", None)]:
+    for method, path, body in [
+        ("POST", "/predict", {"prefix": "a", "num_tokens": 1}),
+        ("POST", "/perplexity", {"text": "ab"}),
+        ("GET", "/info", None),
+        ("GET", "/metrics", None),
+        ("GET", "/v1/models", None),
+    ]:
         r = secured.request(method, path, json=body)
         assert_error(r, 401)
         assert r.headers["www-authenticate"] == "Bearer"
@@ -34,8 +38,14 @@ def test_health_and_ready_need_no_key(secured):
 
 
 def test_cors_preflight_needs_no_key_and_allows_the_headers(secured):
-    r = secured.options("/predict", headers={"Origin": "https://good.example", "Access-Control-Request-Method": "POST",
-                                             "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    r = secured.options(
+        "/predict",
+        headers={
+            "Origin": "https://good.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization, Content-Type",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "https://good.example"
     allowed = r.headers["access-control-allow-headers"].lower()

@@ -40,22 +40,34 @@ def test_start_up_with_a_bad_weight_file_exits_non_zero_with_one_line(tmp_path, 
     path = tmp_path / "bad.safetensors"
     if content is not None:
         path.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "app", "--port", str(free_port()), "--weights", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--port", str(free_port()), "--weights", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and problem in lines[0] and str(path) in lines[0]
 
 
-@pytest.mark.parametrize("env, args, name", [
-    ({"RNNLM_BLAS_THREADS": "-1"}, [], "RNNLM_BLAS_THREADS"),
-    ({"RNNLM_MAX_BATCH_SIZE": "many"}, [], "RNNLM_MAX_BATCH_SIZE"),
-    ({}, ["--workers", "0"], "--workers"),
-    ({}, ["--port", "99999"], "--port"),
-])
+@pytest.mark.parametrize(
+    "env, args, name",
+    [
+        ({"RNNLM_BLAS_THREADS": "-1"}, [], "RNNLM_BLAS_THREADS"),
+        ({"RNNLM_MAX_BATCH_SIZE": "many"}, [], "RNNLM_MAX_BATCH_SIZE"),
+        ({}, ["--workers", "0"], "--workers"),
+        ({}, ["--port", "99999"], "--port"),
+    ],
+)
 def test_an_invalid_setting_exits_with_status_2_and_one_line_naming_it(weights_file, env, args, name):
-    proc = subprocess.run([sys.executable, "-m", "app", "--weights", str(weights_file), *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--weights", str(weights_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnlm-serve: error: ") and name in lines[0], proc.stderr

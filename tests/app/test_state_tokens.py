@@ -35,8 +35,9 @@ def cell_weights(request, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def api(cell_weights):
-    settings = Settings(weights=cell_weights, state_secret=SECRET, max_num_tokens=300, max_text_chars=30_000,
-                        max_body_bytes=200_000)
+    settings = Settings(
+        weights=cell_weights, state_secret=SECRET, max_num_tokens=300, max_text_chars=30_000, max_body_bytes=200_000
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -223,7 +224,9 @@ def test_random_byte_flips_never_yield_a_2xx(api):
         bad = bytearray(raw)
         for _ in range(rng.randint(1, 3)):
             bad[rng.randrange(len(bad))] ^= rng.randint(1, 255)
-        r = api.post("/perplexity", json={"text": B, "state": base64.urlsafe_b64encode(bytes(bad)).decode().rstrip("=")})
+        r = api.post(
+            "/perplexity", json={"text": B, "state": base64.urlsafe_b64encode(bytes(bad)).decode().rstrip("=")}
+        )
         assert 400 <= r.status_code < 500, r.text
         assert_error(r, r.status_code, "state")
 
@@ -249,41 +252,69 @@ def test_the_codec_refuses_what_it_did_not_seal():
 def test_openai_completions_and_chat_carry_the_state(server_with_secret, weights_file):
     base = server_with_secret
     client = openai.OpenAI(base_url=base + "/v1", api_key="none")
-    first = client.completions.create(model="tiny", prompt=A, max_tokens=20, temperature=0,
-                                      extra_body={"rnnlm_return_state": True})
+    first = client.completions.create(
+        model="tiny", prompt=A, max_tokens=20, temperature=0, extra_body={"rnnlm_return_state": True}
+    )
     choice = first.choices[0]
     assert choice.rnnlm_state_chars == len(A) + 20
-    second = client.completions.create(model="tiny", prompt=B, max_tokens=20, temperature=0,
-                                       extra_body={"rnnlm_state": choice.rnnlm_state})
+    second = client.completions.create(
+        model="tiny", prompt=B, max_tokens=20, temperature=0, extra_body={"rnnlm_state": choice.rnnlm_state}
+    )
     read = A + choice.text + B
     whole = client.completions.create(model="tiny", prompt=read, max_tokens=20, temperature=0)
     assert_same_greedy(weights_file, read, second.choices[0].text, whole.choices[0].text)
     assert not hasattr(whole.choices[0], "rnnlm_state") or whole.choices[0].rnnlm_state is None
 
     # streaming: the state comes in the final event of the choice
-    chunks = list(client.completions.create(model="tiny", prompt=A, max_tokens=20, temperature=0, stream=True,
-                                            extra_body={"rnnlm_return_state": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt=A, max_tokens=20, temperature=0, stream=True, extra_body={"rnnlm_return_state": True}
+        )
+    )
     final = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(final) == 1 and final[0].rnnlm_state_chars == len(A) + 20
-    streamed = client.completions.create(model="tiny", prompt=B, max_tokens=20, temperature=0,
-                                         extra_body={"rnnlm_state": final[0].rnnlm_state})
+    streamed = client.completions.create(
+        model="tiny", prompt=B, max_tokens=20, temperature=0, extra_body={"rnnlm_state": final[0].rnnlm_state}
+    )
     assert_same_greedy(weights_file, read, streamed.choices[0].text, whole.choices[0].text)
 
     # chat: the second turn sends only its own message, with the first turn's state
-    turn1 = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "speak"}],
-                                           max_tokens=300, temperature=0, extra_body={"rnnlm_return_state": True})
+    turn1 = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "speak"}],
+        max_tokens=300,
+        temperature=0,
+        extra_body={"rnnlm_return_state": True},
+    )
     reply = turn1.choices[0]
-    turn2 = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hear me"}],
-                                           max_tokens=30, temperature=0,
-                                           extra_body={"rnnlm_state": reply.rnnlm_state})
-    history = client.chat.completions.create(model="tiny", max_tokens=30, temperature=0, messages=[
-        {"role": "user", "content": "speak"},
-        {"role": "assistant", "content": reply.message.content},
-        {"role": "user", "content": "hear me"}])
+    turn2 = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hear me"}],
+        max_tokens=30,
+        temperature=0,
+        extra_body={"rnnlm_state": reply.rnnlm_state},
+    )
+    history = client.chat.completions.create(
+        model="tiny",
+        max_tokens=30,
+        temperature=0,
+        messages=[
+            {"role": "user", "content": "speak"},
+            {"role": "assistant", "content": reply.message.content},
+            {"role": "user", "content": "hear me"},
+        ],
+    )
     assert reply.finish_reason == "stop" and reply.stop_reason == "\n"  # the template's turn end: read by the state
-    rendered = httpx.post(f"{base}/tokenize", json={"messages": [
-        {"role": "user", "content": "speak"}, {"role": "assistant", "content": reply.message.content},
-        {"role": "user", "content": "hear me"}]}).json()["tokens"]
+    rendered = httpx.post(
+        f"{base}/tokenize",
+        json={
+            "messages": [
+                {"role": "user", "content": "speak"},
+                {"role": "assistant", "content": reply.message.content},
+                {"role": "user", "content": "hear me"},
+            ]
+        },
+    ).json()["tokens"]
     text = httpx.post(f"{base}/detokenize", json={"tokens": rendered}).json()["prompt"]
     assert_same_greedy(weights_file, text, turn2.choices[0].message.content, history.choices[0].message.content)
 
@@ -296,8 +327,12 @@ def test_openai_completions_and_chat_carry_the_state(server_with_secret, weights
 @pytest.fixture(scope="module")
 def server_with_secret(weights_file, tmp_path_factory):
     # turns end at a newline, which the tiny test model writes often (a blank line it never writes)
-    base, proc = start_server(weights_file, tmp_path_factory.mktemp("s") / "server.log", RNNLM_STATE_SECRET=SECRET,
-                              RNNLM_CHAT_TEMPLATE="{role}:\n{content}\n")
+    base, proc = start_server(
+        weights_file,
+        tmp_path_factory.mktemp("s") / "server.log",
+        RNNLM_STATE_SECRET=SECRET,
+        RNNLM_CHAT_TEMPLATE="{role}:\n{content}\n",
+    )
     yield base
     stop_server(proc)
 

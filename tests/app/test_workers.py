@@ -17,16 +17,19 @@ from tests.conftest import start_server, stop_server
 AFFINITY = len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize("files, expected", [
-    ({}, AFFINITY),  # no cgroup files: the affinity
-    ({"cpu.max": "max 100000\n"}, AFFINITY),  # v2, no quota
-    ({"cpu.max": "50000 100000\n"}, 1),  # v2, half a core: rounded up
-    ({"cpu.max": "100000 100000\n"}, 1),
-    ({"cpu.max": "6400000 100000\n"}, AFFINITY),  # a quota above the affinity: the affinity
-    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, AFFINITY),  # v1, no quota
-    ({"cpu.max": "garbage\n"}, AFFINITY),  # unreadable: no quota
-])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({}, AFFINITY),  # no cgroup files: the affinity
+        ({"cpu.max": "max 100000\n"}, AFFINITY),  # v2, no quota
+        ({"cpu.max": "50000 100000\n"}, 1),  # v2, half a core: rounded up
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu.max": "6400000 100000\n"}, AFFINITY),  # a quota above the affinity: the affinity
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, AFFINITY),  # v1, no quota
+        ({"cpu.max": "garbage\n"}, AFFINITY),  # unreadable: no quota
+    ],
+)
 def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path, files, expected):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

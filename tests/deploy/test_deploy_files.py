@@ -47,8 +47,10 @@ def test_deployment_probes_ports_resources_and_secret():
     env = {e["name"]: e for e in container["env"]}
     assert env["RNNLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rnnlm-api-key", "key": "api-key"}
     # every replica signs state tokens with the same key, so any of them takes back any other's
-    assert env["RNNLM_STATE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "rnnlm-state-secret",
-                                                                       "key": "state-secret"}
+    assert env["RNNLM_STATE_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rnnlm-state-secret",
+        "key": "state-secret",
+    }
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     # a read-only root file system still needs a writable /tmp: the engine's socket lives there
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -83,14 +85,16 @@ def test_setup_does_not_reinstall_when_nothing_changed(tmp_path):
     garbage.write_text("[global\nthis is not ini")
     env = {**os.environ, "PIP_CONFIG_FILE": str(garbage)}
     for extras in ([], ["test"]):
-        run = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), *extras], env=env, capture_output=True,
-                             text=True, timeout=60)
+        run = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "setup.sh"), *extras], env=env, capture_output=True, text=True, timeout=60
+        )
         assert run.returncode == 0, run.stderr
     saved = stamp.read_text()
     try:
         stamp.write_text("0000000000000000 test\n")
-        run = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), "test"], env=env, capture_output=True,
-                             text=True, timeout=120)
+        run = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "setup.sh"), "test"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert run.returncode != 0  # it ran pip, which refused the garbage config
     finally:
         stamp.write_text(saved)

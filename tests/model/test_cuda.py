@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LMConfig, RNNLM, generate, load_weights, save_weights, score, warm, Vocab
+from model import RNNLM, LMConfig, Vocab, generate, load_weights, save_weights, score, warm
 from model.train import main as train_main
 from tests.model.torch_reference import TorchReference
 
@@ -98,8 +98,32 @@ def test_the_trainer_runs_on_cuda_and_its_weights_load_on_the_cpu(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 400)
     out = tmp_path / "m.safetensors"
-    assert train_main(["--corpus", str(corpus), "--out", str(out), "--device", "cuda", "--hidden", "32",
-                       "--time-step", "16", "--batch-size", "8", "--epochs", "8", "--lr", "0.01",
-                       "--eval-every", "1000", "--sample-chars", "10"]) == 0
+    assert (
+        train_main(
+            [
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--device",
+                "cuda",
+                "--hidden",
+                "32",
+                "--time-step",
+                "16",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "8",
+                "--lr",
+                "0.01",
+                "--eval-every",
+                "1000",
+                "--sample-chars",
+                "10",
+            ]
+        )
+        == 0
+    )
     loaded = load_weights(out, device="cpu")
     assert score(loaded.model, loaded.vocab.encode("the cat sat on the mat. " * 20)).perplexity < 1.2

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LMConfig, RNNLM, load_weights
+from model import RNNLM, LMConfig, load_weights
 from model.distill import distillation_loss, teacher_log_probs
 from model.train import Run, main, parse_args
 from tests.model.test_train import REPETITIVE, train
@@ -58,8 +58,22 @@ def test_distillation_loss_is_the_weighted_sum_of_the_two_cross_entropies():
 def test_every_batch_carries_the_training_positions_of_its_tokens(tmp_path, sampling):
     """The teacher's row for a token is found by position: P must point at X in the training split."""
     teacher_path = train(tmp_path, _corpus(tmp_path), "teacher", "--max-steps", "2")
-    args = parse_args(["--corpus", str(tmp_path / "corpus.txt"), "--teacher", str(teacher_path), "--time-step", "16",
-                       "--batch-size", "8", "--sampling", sampling, "--hidden", "8"])
+    args = parse_args(
+        [
+            "--corpus",
+            str(tmp_path / "corpus.txt"),
+            "--teacher",
+            str(teacher_path),
+            "--time-step",
+            "16",
+            "--batch-size",
+            "8",
+            "--sampling",
+            sampling,
+            "--hidden",
+            "8",
+        ]
+    )
     run = Run(args, None)
     batches = list(run.batches(epoch=3))
     assert len(batches) == run.steps_per_epoch
@@ -77,8 +91,9 @@ def _corpus(tmp_path):
 def test_a_student_learns_from_its_teacher_and_records_it(tmp_path):
     corpus = _corpus(tmp_path)
     teacher = train(tmp_path, corpus, "teacher", "--epochs", "8", "--lr", "0.01", "--cell", "gru")
-    student = train(tmp_path, corpus, "student", "--epochs", "8", "--lr", "0.01", "--teacher", str(teacher),
-                    "--distill", "0.7")
+    student = train(
+        tmp_path, corpus, "student", "--epochs", "8", "--lr", "0.01", "--teacher", str(teacher), "--distill", "0.7"
+    )
     meta = load_weights(student).training
     assert meta["val_ppl"] < 1.2
     assert meta["teacher"]["sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest()
@@ -111,19 +126,34 @@ def test_resuming_with_a_changed_teacher_is_refused(tmp_path, capsys):
     assert "teacher" in err and "sha256" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("make_args, expected", [
-    (lambda d, t: ["--teacher", str(d / "missing.safetensors")], "--teacher"),
-    (lambda d, t: ["--teacher", str(d / "corpus.txt")], "not a safetensors file"),
-    (lambda d, t: ["--teacher", str(t), "--corpus", str(_other_corpus(d))], "vocabulary"),
-    (lambda d, t: ["--distill", "0.5"], "--distill needs --teacher"),
-    (lambda d, t: ["--teacher", str(t), "--distill", "1.5"], "--distill"),
-], ids=["missing", "not-weights", "other-vocab", "distill-alone", "distill-range"])
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (lambda d, t: ["--teacher", str(d / "missing.safetensors")], "--teacher"),
+        (lambda d, t: ["--teacher", str(d / "corpus.txt")], "not a safetensors file"),
+        (lambda d, t: ["--teacher", str(t), "--corpus", str(_other_corpus(d))], "vocabulary"),
+        (lambda d, t: ["--distill", "0.5"], "--distill needs --teacher"),
+        (lambda d, t: ["--teacher", str(t), "--distill", "1.5"], "--distill"),
+    ],
+    ids=["missing", "not-weights", "other-vocab", "distill-alone", "distill-range"],
+)
 def test_bad_teacher_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, expected):
     corpus = _corpus(tmp_path)
     teacher = train(tmp_path, corpus, "teacher", "--max-steps", "1")
     capsys.readouterr()
-    args = ["--corpus", str(corpus), "--out", str(tmp_path / "s" / "m.safetensors"), "--time-step", "16",
-            "--batch-size", "8", "--hidden", "8", *make_args(tmp_path, teacher)]
+    args = [
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(tmp_path / "s" / "m.safetensors"),
+        "--time-step",
+        "16",
+        "--batch-size",
+        "8",
+        "--hidden",
+        "8",
+        *make_args(tmp_path, teacher),
+    ]
     try:
         code = main(args)
     except SystemExit as e:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import LMConfig, RNNLM
+from model import RNNLM, LMConfig
 from model.data import CorpusError, epoch_batches, read_corpus
 from model.distill import teacher_log_probs
 from model.id_file import encode_corpus

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LMConfig, RNNLM, Vocab, generate, score, warm
+from model import RNNLM, LMConfig, Vocab, generate, score, warm
 from tests.model.torch_reference import TorchReference
 
 CELLS = ["rnn", "gru", "lstm"]
@@ -54,8 +54,9 @@ def test_chunked_scoring_of_a_long_text_equals_one_shot_scoring(cell):
     one_shot = score(model, ids, chunk_size=10_000, return_logprobs=True)
     chunked = score(model, ids, chunk_size=97, return_logprobs=True)
     assert chunked.nll == pytest.approx(one_shot.nll, rel=1e-6)
-    torch.testing.assert_close(torch.tensor(chunked.token_logprobs), torch.tensor(one_shot.token_logprobs),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(chunked.token_logprobs), torch.tensor(one_shot.token_logprobs), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_token_logprobs_are_log_softmax_of_the_targets():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LMConfig, RNNLM
+from model import RNNLM, LMConfig
 from model.cells import NUMPY_MIN_STEPS
 from tests.model.torch_reference import TorchReference, notebook_rnn_logits
 
@@ -15,11 +15,11 @@ GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_
 LENGTHS = [5, NUMPY_MIN_STEPS + 4]
 
 
-def make_model(cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0,
-               weight_drop: float = 0.0) -> RNNLM:
+def make_model(
+    cell: str, layers: int, vocab: int = 11, hidden: int = 16, seed: int = 0, weight_drop: float = 0.0
+) -> RNNLM:
     torch.manual_seed(seed)
-    model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers,
-                           weight_drop=weight_drop))
+    model = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=hidden, num_layers=layers, weight_drop=weight_drop))
     with torch.no_grad():
         model.b_y.uniform_(-1, 1)  # zeros at initialisation: give the output bias something to get wrong
     return model
@@ -201,8 +201,16 @@ def test_init_state_is_zeros_per_layer_and_two_tensors_for_lstm():
 
 def test_parameters_are_named_after_the_math():
     names = set(dict(make_model("rnn", 2).named_parameters()))
-    assert names == {"layers.0.w_xh", "layers.0.w_hh", "layers.0.b_h",
-                     "layers.1.w_xh", "layers.1.w_hh", "layers.1.b_h", "w_y", "b_y"}
+    assert names == {
+        "layers.0.w_xh",
+        "layers.0.w_hh",
+        "layers.0.b_h",
+        "layers.1.w_xh",
+        "layers.1.w_hh",
+        "layers.1.b_h",
+        "w_y",
+        "b_y",
+    }
 
 
 def test_splitting_a_sequence_and_carrying_the_state_equals_one_pass():
@@ -215,9 +223,19 @@ def test_splitting_a_sequence_and_carrying_the_state_equals_one_pass():
     torch.testing.assert_close(final2[0], final[0], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=-1),
-                                 dict(vocab_size=1), dict(dropout=1.0), dict(hidden_size=2.5),
-                                 dict(weight_drop=1.0), dict(weight_drop=-0.1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(cell="transformer"),
+        dict(hidden_size=0),
+        dict(num_layers=-1),
+        dict(vocab_size=1),
+        dict(dropout=1.0),
+        dict(hidden_size=2.5),
+        dict(weight_drop=1.0),
+        dict(weight_drop=-0.1),
+    ],
+)
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         LMConfig(**bad)

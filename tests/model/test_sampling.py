@@ -45,8 +45,9 @@ def test_sample_frequencies_follow_the_softmax_at_the_temperature():
     assert torch.allclose(observed, expected, atol=0.015)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(temperature=math.nan), dict(top_k=-2),
-                                 dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(temperature=-1), dict(temperature=math.nan), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5)]
+)
 def test_invalid_settings_are_refused(bad):
     with pytest.raises(ValueError):
         Sampler(**bad)

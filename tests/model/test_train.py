@@ -28,8 +28,23 @@ def corpus(tmp_path):
 def train(tmp_path, corpus, name, *extra):
     out = tmp_path / name / "m.safetensors"
     out.parent.mkdir(exist_ok=True)
-    args = ["--corpus", str(corpus), "--out", str(out), "--hidden", "32", "--time-step", "16", "--batch-size", "8",
-            "--eval-every", "1000", "--sample-chars", "10", *extra]
+    args = [
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden",
+        "32",
+        "--time-step",
+        "16",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "1000",
+        "--sample-chars",
+        "10",
+        *extra,
+    ]
     assert main(args) == 0
     return out
 
@@ -61,15 +76,48 @@ def test_stopping_and_resuming_gives_the_same_weights_as_training_straight(tmp_p
 
 
 def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corpus):
-    common = ["--corpus", str(corpus), "--hidden", "16", "--time-step", "8", "--batch-size", "8", "--max-steps", "1",
-              "--optimizer", "sgd", "--lr", "0.5", "--lr-schedule", "constant", "--sample-chars", "0"]
+    common = [
+        "--corpus",
+        str(corpus),
+        "--hidden",
+        "16",
+        "--time-step",
+        "8",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--lr-schedule",
+        "constant",
+        "--sample-chars",
+        "0",
+    ]
     single = tmp_path / "single.safetensors"
     assert main([*common, "--out", str(single)]) == 0
     double = tmp_path / "ddp.safetensors"
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "model.train", *common,
-                           "--out", str(double), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "model.train",
+            *common,
+            "--out",
+            str(double),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_weights(single), load_weights(double)
     assert b.training["processes"] == 2
@@ -79,10 +127,32 @@ def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corp
 
 def test_sigint_saves_a_loadable_checkpoint_and_exits(tmp_path, corpus):
     out = tmp_path / "m.safetensors"
-    proc = subprocess.Popen([sys.executable, "-m", "model.train", "--corpus", str(corpus), "--out", str(out),
-                             "--hidden", "64", "--time-step", "16", "--batch-size", "4", "--epochs", "1000",
-                             "--eval-every", "5", "--sample-chars", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "model.train",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--hidden",
+            "64",
+            "--time-step",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1000",
+            "--eval-every",
+            "5",
+            "--sample-chars",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not out.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -103,28 +173,61 @@ def write(path, data: bytes):
     return str(path)
 
 
-@pytest.mark.parametrize("make_args, expected", [
-    (lambda d: ["--corpus", str(d / "missing.txt")], "file not found"),
-    (lambda d: ["--corpus", write(d / "empty.txt", b"")], "file is empty"),
-    (lambda d: ["--corpus", str(d)], "is a directory"),
-    (lambda d: ["--corpus", write(d / "latin1.txt", "café".encode("latin-1") * 100)], "not UTF-8"),
-    (lambda d: ["--corpus", write(d / "short.txt", b"tiny corpus")], "corpus too short"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--hidden", "0"], "--hidden"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--lr", "nan"], "--lr"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--batch-size", "many"], "--batch-size"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--dropout", "1.5"], "--dropout"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--weight-drop", "-0.2"], "--weight-drop"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
-                "--out", str(d / "ok.txt" / "sub" / "m.safetensors")], "does not exist"),
-    (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()),
-                "--out", str(d / "missing" / "m.safetensors")], "the folder"),
-    (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
-    (lambda d: [], "--corpus is required"),
-], ids=["missing", "empty", "directory", "not-utf8", "too-short", "zero-hidden", "nan-lr", "text-batch",
-        "dropout-range", "weight-drop-range", "out-under-a-file", "out-in-a-missing-folder", "bad-resume",
-        "no-corpus"])
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (lambda d: ["--corpus", str(d / "missing.txt")], "file not found"),
+        (lambda d: ["--corpus", write(d / "empty.txt", b"")], "file is empty"),
+        (lambda d: ["--corpus", str(d)], "is a directory"),
+        (lambda d: ["--corpus", write(d / "latin1.txt", "café".encode("latin-1") * 100)], "not UTF-8"),
+        (lambda d: ["--corpus", write(d / "short.txt", b"tiny corpus")], "corpus too short"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--hidden", "0"], "--hidden"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--lr", "nan"], "--lr"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--batch-size", "many"], "--batch-size"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--dropout", "1.5"], "--dropout"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--weight-drop", "-0.2"], "--weight-drop"),
+        (
+            lambda d: [
+                "--corpus",
+                write(d / "ok.txt", REPETITIVE.encode()),
+                "--out",
+                str(d / "ok.txt" / "sub" / "m.safetensors"),
+            ],
+            "does not exist",
+        ),
+        (
+            lambda d: [
+                "--corpus",
+                write(d / "ok.txt", REPETITIVE.encode()),
+                "--out",
+                str(d / "missing" / "m.safetensors"),
+            ],
+            "the folder",
+        ),
+        (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
+        (lambda d: [], "--corpus is required"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "directory",
+        "not-utf8",
+        "too-short",
+        "zero-hidden",
+        "nan-lr",
+        "text-batch",
+        "dropout-range",
+        "weight-drop-range",
+        "out-under-a-file",
+        "out-in-a-missing-folder",
+        "bad-resume",
+        "no-corpus",
+    ],
+)
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, expected):
-    args = make_args(tmp_path) + ["--time-step", "16", "--batch-size", "8"] * ("--batch-size" not in make_args(tmp_path))
+    args = make_args(tmp_path) + ["--time-step", "16", "--batch-size", "8"] * (
+        "--batch-size" not in make_args(tmp_path)
+    )
     try:
         code = main(args)
     except SystemExit as e:  # argparse's own errors
@@ -135,16 +238,39 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, make_args, exp
 
 
 def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "model.train", "--corpus", str(tmp_path / "nope.txt")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "model.train", "--corpus", str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rnnlm-train: error: corpus {tmp_path / 'nope.txt'}: file not found"
 
 
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_weight_file_or_checkpoint(tmp_path, corpus):
     out = tmp_path / "m.safetensors"
-    args = [sys.executable, "-m", "model.train", "--corpus", str(corpus), "--out", str(out), "--hidden", "48",
-            "--time-step", "16", "--batch-size", "4", "--epochs", "1000", "--eval-every", "2", "--sample-chars", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "model.train",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden",
+        "48",
+        "--time-step",
+        "16",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1000",
+        "--eval-every",
+        "2",
+        "--sample-chars",
+        "0",
+    ]
     for attempt, delay in enumerate([0.3, 0.7, 0.45]):
         extra = ["--resume", str(out.with_suffix(".ckpt"))] if attempt else []
         proc = subprocess.Popen(args + extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -174,7 +300,8 @@ def test_help_shows_every_option_s_default(capsys):
 
 
 def test_a_run_shorter_than_eval_every_still_evaluates_every_epoch_and_says_when_no_plot_is_written(
-        tmp_path, corpus, capsys):
+    tmp_path, corpus, capsys
+):
     out = train(tmp_path, corpus, "epochs", "--epochs", "3")  # --eval-every 1000 (the helper's), a few steps an epoch
     records = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines()]
     steps_per_epoch = records[-1]["step"] // 3

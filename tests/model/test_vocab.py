@@ -26,7 +26,7 @@ def test_unseen_characters_map_to_unk_and_are_counted():
 
 
 def test_vocab_round_trips_through_json():
-    vocab = Vocab.from_corpus("Ünïcödé\n\t\"quotes\"")
+    vocab = Vocab.from_corpus('Ünïcödé\n\t"quotes"')
     assert Vocab.from_json(vocab.to_json()) == vocab
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import FORMAT, LMConfig, RNNLM, Vocab, WeightsError, load_weights, save_weights
+from model import FORMAT, RNNLM, LMConfig, Vocab, WeightsError, load_weights, save_weights
 
 VOCAB = Vocab.from_corpus("abcdefghij ")
 
@@ -67,8 +67,12 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
 def good_parts():
     model = make_model()
     tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "vocab": VOCAB.to_json(),
-                "training": "{}"}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "vocab": VOCAB.to_json(),
+        "training": "{}",
+    }
     return tensors, metadata
 
 
