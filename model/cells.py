@@ -32,14 +32,10 @@ __all__ = ["CELLS", "GRULayer", "LSTMLayer", "RecurrentLayer", "RNNLayer", "Stat
 State = tuple[Tensor, ...]
 
 # When no gradient is recorded, a layer reads a sequence in numpy (model/cpu_step.py) if it is at least
-# NUMPY_MIN_STEPS long and at most NUMPY_MAX_BATCH wide; measured here (2 threads, H = 512, same runs):
-# - one stream: numpy 37–51k states/s against torch's 22–32k (tanh RNN), 5.6–6.4k against 3.1–4.1k (2 × 512
-#   GRU); a batch of 16 or 64 is better in torch (64: 68–85k against 100k), whose two OpenMP threads share
-#   the larger matmuls;
-# - each switch between torch's OpenMP threads and OpenBLAS's makes one pool wait for the other's spinning
-#   threads, so a few steps per call do not pay: the GRU called once per token ran 115 tok/s with numpy
-#   against 1,879 with torch.
-# Training (recording a graph) stays in torch: with the numpy loop a B = 64 tanh RNN step ran 2× slower.
+# NUMPY_MIN_STEPS long and at most NUMPY_MAX_BATCH wide: numpy's calls cost less than torch's for a few rows,
+# torch's two OpenMP threads share a wide batch's matmuls better, and a short call does not pay for switching
+# thread pools. Training (recording a graph) stays in torch. The measurements: BENCHMARKS.md, "The CPU loops in
+# numpy".
 NUMPY_MIN_STEPS = 16
 NUMPY_MAX_BATCH = 4
 

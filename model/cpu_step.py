@@ -1,12 +1,10 @@
 """Inference on the CPU in numpy: each cell's update, the per-token step, and the reading loop.
 
 A recurrence is a loop of small matmuls and element-wise operations — for one stream, (1 × H) @ (H × G·H) per
-character — and at that size what a call costs matters as much as its arithmetic. Measured on this project's
-2-core CPU (H = 512): a torch matvec 30 µs against numpy's (OpenBLAS) 14–18 µs, a torch ``tanh`` of 512
-numbers 3.6 µs against 0.9 µs; the tanh RNN's reading loop ran 2.0× faster for one stream and 1.4× for a
-(64 × 512) batch, a 2 × 512 GRU's decoding step 5.6× faster. So on the CPU, when no gradient is recorded,
-these loops run in numpy on arrays that share memory with the model's tensors (no copies); otherwise, and on
-other devices, the same math runs in torch (model/cells.py, model/recurrence.py).
+character — and at that size what a call costs matters as much as its arithmetic, and numpy's calls cost less
+than torch's (the figures: BENCHMARKS.md, "The CPU loops in numpy"). So on the CPU, when no gradient is
+recorded, these loops run in numpy on arrays that share memory with the model's tensors (no copies);
+otherwise, and on other devices, the same math runs in torch (model/cells.py, model/recurrence.py).
 
 Each ``*_update(xw, state, layer, out)`` advances one layer by one step: ``xw`` (n, G·H) is ``X_t W_xh + b_h``,
 ``state`` the layer's (n, H) arrays before the step, and the new ones are written into ``out``, which must

@@ -1,6 +1,6 @@
 """Weight files: one ``.safetensors`` file, float32 tensors, metadata ``format``/``config``/``vocab``/``training``.
 
-Loading never unpickles. Anything that breaks the contract (see DESIGN.md) raises :class:`WeightsError`
+Loading never unpickles. Anything that breaks the contract (README.md, "Weight files") raises :class:`WeightsError`
 naming the file and the problem.
 """
 
