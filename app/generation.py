@@ -109,10 +109,11 @@ class Decoding:
                 self.on_piece(released, self.tokens[start : start + len(released)])
         return self.done
 
-    def result(self, cached_chars: int, unknown_chars: int, state: str | None = None) -> GenerationResult:
+    def result(self, cached_chars: int, unknown_chars: int) -> GenerationResult:
+        """The result without its state token, which the engine seals from ``final_state``."""
         stop_reason = self.generated_text[len(self.completion) :] if self.finish_reason == "stop" else None
         return GenerationResult(
-            self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars, stop_reason, state
+            self.completion, self.finish_reason, self.tokens, cached_chars, unknown_chars, stop_reason
         )
 
     def _token_info(self, char: str, token: int, logits: torch.Tensor) -> TokenInfo:

@@ -63,19 +63,12 @@ def teacher_log_probs(
     for begin in range(0, width, chunk):
         where = firsts[:, None] + torch.arange(begin, min(begin + chunk, width))  # (rows, c): text positions
         read = where < stops[:, None]
-        tokens = torch.from_numpy(_gather(ids, where.clamp(max=n - 1))).long() * read
+        tokens = ids[where.clamp(max=n - 1)].long() * read
         logits, state = teacher(tokens.to(teacher.device), state)  # (rows, c, V)
         mask = read & (where >= starts[:, None]) & (where < owns[:, None])
         logp = F.log_softmax(logits.float(), dim=-1).cpu()
         out[where[mask]] = logp[mask].to(torch.float16)
     return out
-
-
-def _gather(ids, index: Tensor):
-    """``ids[index]`` as a numpy array, for ids a tensor or a (memory-mapped) numpy array."""
-    if isinstance(ids, Tensor):
-        return ids[index].numpy()
-    return ids[index.numpy()]
 
 
 def distillation_loss(logits: Tensor, targets: Tensor, teacher_logp: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
