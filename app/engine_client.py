@@ -305,7 +305,6 @@ class EngineClient:
         chat template's turn end) are added to the client's ``stops`` after their limits are checked.
         ``state`` (a state token) is where reading starts; with ``return_state`` each generation carries the
         token of its final state."""
-        state = state or None  # "" is no state: the zero state, nothing read
         if not prefix and not allow_empty and state is None:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         self.check_chars(prefix, param_prefix)
@@ -334,7 +333,6 @@ class EngineClient:
         are outside the vocabulary and how many context characters came from the prefix cache."""
         self.check_chars(text, "text")
         self.check_chars(context, "context")
-        state = state or None  # "" is no state
         if len(text) + (1 if context or state is not None else 0) < 2:
             raise ApiError(
                 422, "text is too short to score: give at least 2 characters, or 1 after a context or a state", "text"

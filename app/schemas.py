@@ -62,7 +62,10 @@ class Request(BaseModel):
 
 # A state token, as a schema can say it: a string in this format ("" is no state). Only the server that signed it
 # (or one sharing its RNNLM_STATE_SECRET) can tell a genuine one, so any other string of the alphabet is a 400.
-StateToken = Annotated[str, Field(json_schema_extra={"format": "rnnlm-state-token", "pattern": "^[A-Za-z0-9_-]*$"})]
+StateToken = Annotated[
+    Annotated[str, Field(json_schema_extra={"format": "rnnlm-state-token", "pattern": "^[A-Za-z0-9_-]*$"})] | None,
+    BeforeValidator(lambda value: None if value == "" else value),  # every route sees None for no state
+]
 
 
 class SamplingFields(Request):
@@ -129,7 +132,7 @@ class PredictRequest(SamplingFields):
     )
     stop: list[str] = Field(default_factory=list, description="stop before the first occurrence of any of these")
     stream: bool = Field(False, description="send text/event-stream: one event per character, then the result")
-    state: StateToken | None = Field(
+    state: StateToken = Field(
         None,
         description="a state token (from return_state): start from that state, "
         'exactly as if the text it has read came before this request\'s text ("": none)',
@@ -178,7 +181,7 @@ class PerplexityRequest(Request):
     text: str = Field(..., min_length=1, description="text to score", examples=["To be, or not to be"])
     context: str | None = Field(None, description="text read before `text` only to warm the state; not scored")
     token_logprobs: bool = Field(False, description="also return each scored character and its log-probability")
-    state: StateToken | None = Field(
+    state: StateToken = Field(
         None,
         description="a state token (from return_state): start from that state, "
         "exactly as if the text it has read came before the context and the text; the "
@@ -207,7 +210,7 @@ class PerplexityResponse(BaseModel):
 class StateFields(Request):
     """rnnlm's own extras of the OpenAI routes (sent with the openai client as ``extra_body``)."""
 
-    rnnlm_state: StateToken | None = Field(
+    rnnlm_state: StateToken = Field(
         None,
         description="rnnlm's extra: a state token (from rnnlm_return_state); "
         "the prompt is read from that state, exactly as if the text it has read came "

@@ -50,7 +50,7 @@ def _logprobs(infos: list[TokenInfo], start_offset: int) -> CompletionLogprobs:
 async def _prompt_infos(engine: EngineClient, prompt: str, k: int, state: str | None) -> list[TokenInfo]:
     """Per prompt character its log-probability; None for the first, which nothing predicts (as vLLM does),
     unless the prompt is read after a state token."""
-    infos = [] if state else [TokenInfo(prompt[0], None, None)]
+    infos = [] if state is not None else [TokenInfo(prompt[0], None, None)]
     if len(prompt) > len(infos):
         s = await engine.perplexity(prompt, None, True, top_k=k, state=state, param_state="rnnlm_state")
         for i, char in enumerate(prompt[len(infos) :]):
@@ -336,7 +336,7 @@ async def chat_completions(
         state=body.rnnlm_state,
         return_state=body.rnnlm_return_state,
         param_state="rnnlm_state",
-        allow_empty=bool(body.rnnlm_state),
+        allow_empty=body.rnnlm_state is not None,
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -32,7 +32,7 @@ async def perplexity(
         return_state=body.return_state,
     )
     metrics.chars_scored.inc(result.num_scored)
-    scored = body.text if body.context or body.state else body.text[1:]
+    scored = body.text if body.context or body.state is not None else body.text[1:]
     return PerplexityResponse(
         perplexity=math.exp(result.nll),
         nll=result.nll,
