@@ -30,7 +30,7 @@ from model.vocab import Vocab
 
 __all__ = ["BLOCK_BYTES", "EncodedCorpus", "default_cache_dir", "encode_corpus"]
 
-FORMAT = "rnnlm-ids/1"
+FORMAT = "rnnlm-ids/2"  # 2: each source's stat apart from its sha256 and length
 BLOCK_BYTES = 4 * 2**20  # read and encode this much text at a time
 PROGRESS_FROM_BYTES = 64 * 2**20  # smaller corpora encode in a moment: no progress bar
 
@@ -120,7 +120,7 @@ def encode_corpus(
     record = _read_record(record_path)
     if (
         record is not None
-        and [{k: s[k] for k in _STAT_KEYS} for s in record["sources"]] == stats
+        and [s["stat"] for s in record["sources"]] == stats
         and (vocab is None or vocab.tokens == record["vocab"])
         and ids_path.exists()
         and ids_path.stat().st_size == record["count"] * np.dtype(record["dtype"]).itemsize
@@ -129,9 +129,6 @@ def encode_corpus(
     record = _encode(sources, stats, vocab, ids_path, block_bytes, progress)
     atomic_write_bytes(record_path, json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
     return _open(ids_path, record, reused=False)
-
-
-_STAT_KEYS = ("path", "size", "mtime_ns", "ctime_ns", "inode")
 
 
 def _read_record(path: Path) -> dict | None:
@@ -146,7 +143,9 @@ def _open(path: Path, record: dict, reused: bool) -> EncodedCorpus:
     dtype, count = np.dtype(record["dtype"]), record["count"]
     # copy-on-write: never written, but torch takes only writable arrays without a warning
     ids = np.memmap(path, dtype=dtype, mode="c", shape=(count,)) if count else np.zeros(0, dtype=dtype)
-    files = [{"name": Path(s["path"]).name, "sha256": s["sha256"], "chars": s["chars"]} for s in record["sources"]]
+    files = [
+        {"name": Path(s["stat"]["path"]).name, "sha256": s["sha256"], "chars": s["chars"]} for s in record["sources"]
+    ]
     return EncodedCorpus(ids, Vocab(record["vocab"]), files, path, reused)
 
 
@@ -192,5 +191,5 @@ def _encode(
         "dtype": dtype.name,
         "count": sum(counts),
         "vocab": vocab.tokens,
-        "sources": [{**s, "sha256": d, "chars": c} for s, d, c in zip(stats, digests, counts)],
+        "sources": [{"stat": s, "sha256": d, "chars": c} for s, d, c in zip(stats, digests, counts)],
     }
