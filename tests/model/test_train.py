@@ -125,30 +125,17 @@ def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corp
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def trainer_command(corpus, out, options: str) -> list[str]:
+    """The argv of ``python -m model.train --corpus CORPUS --out OUT`` and the space-separated ``options``."""
+    return [sys.executable, "-m", "model.train", "--corpus", str(corpus), "--out", str(out), *options.split()]
+
+
 def test_sigint_saves_a_loadable_checkpoint_and_exits(tmp_path, corpus):
     out = tmp_path / "m.safetensors"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "model.train",
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(out),
-            "--hidden",
-            "64",
-            "--time-step",
-            "16",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "1000",
-            "--eval-every",
-            "5",
-            "--sample-chars",
-            "5",
-        ],
+        trainer_command(
+            corpus, out, "--hidden 64 --time-step 16 --batch-size 4 --epochs 1000 --eval-every 5 --sample-chars 5"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -250,27 +237,9 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
 
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_weight_file_or_checkpoint(tmp_path, corpus):
     out = tmp_path / "m.safetensors"
-    args = [
-        sys.executable,
-        "-m",
-        "model.train",
-        "--corpus",
-        str(corpus),
-        "--out",
-        str(out),
-        "--hidden",
-        "48",
-        "--time-step",
-        "16",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1000",
-        "--eval-every",
-        "2",
-        "--sample-chars",
-        "0",
-    ]
+    args = trainer_command(
+        corpus, out, "--hidden 48 --time-step 16 --batch-size 4 --epochs 1000 --eval-every 2 --sample-chars 0"
+    )
     for attempt, delay in enumerate([0.3, 0.7, 0.45]):
         extra = ["--resume", str(out.with_suffix(".ckpt"))] if attempt else []
         proc = subprocess.Popen(args + extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
