@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.atomic import atomic_write
-from model.cells import State
+from model.cells import CELLS, State
 from model.clipping import grad_clipping
 from model.data import CorpusError, batches_per_epoch, epoch_batches
 from model.distill import distillation_loss, teacher_log_probs
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="rnnlm-train", description=__doc__, formatter_class=_Help)
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="UTF-8 text file(s) to train on, concatenated")
     p.add_argument("--out", default="weights/model.safetensors", help="weight file to write (best by validation)")
-    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn", help="recurrent cell")
+    p.add_argument("--cell", choices=sorted(CELLS), default="rnn", help="recurrent cell (model/cells/)")
     p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H")
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
     p.add_argument(

@@ -5,10 +5,9 @@ import torch
 
 from model import warm
 from model.batch import BatchDecoder
+from model.cells import CELLS
 from model.decode import StepDecoder
 from tests.model.test_inference import make_model
-
-CELLS = ["rnn", "gru", "lstm"]
 
 
 def alone(model, prefix, tokens):

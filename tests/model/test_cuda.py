@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from model import RNNLM, LMConfig, Vocab, generate, load_weights, save_weights, score, warm
+from model.cells import CELLS
 from model.train import main as train_main
 from tests.model.torch_reference import TorchReference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-CELLS = ["rnn", "gru", "lstm"]
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from model import RNNLM, LMConfig, Vocab, generate, score, warm
+from model.cells import CELLS
 from tests.model.torch_reference import TorchReference
-
-CELLS = ["rnn", "gru", "lstm"]
 
 
 def make_model(cell="rnn", layers=1, vocab=12, hidden=24, seed=0) -> RNNLM:

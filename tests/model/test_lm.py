@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from model import RNNLM, LMConfig
-from model.cells import NUMPY_MIN_STEPS
-from tests.model.torch_reference import TorchReference, notebook_rnn_logits
+from model.cells import CELLS, NUMPY_MIN_STEPS
+from tests.model.torch_reference import TorchReference
 
-CELLS = ["rnn", "gru", "lstm"]
-# Recording a graph runs the recurrence in torch; inference on the CPU runs it in numpy from NUMPY_MIN_STEPS
-# steps on (so the tests below read sequences on both sides of that length).
+# Recording a graph runs the fused recurrence; inference on the CPU runs it in numpy from NUMPY_MIN_STEPS
+# steps on (so the tests below read sequences on both sides of that length; tests/model/test_cells.py holds
+# each path to the cell's reference alone).
 GRAD_MODES = {"recording": contextlib.nullcontext, "inference": torch.inference_mode}
 LENGTHS = [5, NUMPY_MIN_STEPS + 4]
 
@@ -102,43 +102,6 @@ def test_recurrent_weights_get_gradients_when_the_input_map_is_frozen(cell):
     torch.testing.assert_close(model.layers[0].w_hh.grad, expected["layers.0.w_hh"], atol=1e-5, rtol=1e-4)
 
 
-def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
-    """Finite differences as the oracle for the hand-written BPTT."""
-    from model.recurrence import tanh_recurrence_
-
-    torch.manual_seed(0)
-    xw = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
-    w_hh = (0.5 * torch.randn(4, 4, dtype=torch.float64)).requires_grad_()
-    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    # tanh_recurrence_ writes the states over its first argument: give it a copy each call.
-    assert torch.autograd.gradcheck(lambda x, w, h: tanh_recurrence_(x.clone(), w, h), (xw, w_hh, h0))
-
-
-@pytest.mark.parametrize("steps", [1, 6])
-def test_lstm_recurrence_backward_passes_gradcheck_in_float64(steps):
-    """Finite differences as the oracle for the LSTM's hand-written BPTT, the final cell's gradient included."""
-    from model.recurrence import lstm_recurrence
-
-    torch.manual_seed(0)
-    xw = torch.randn(steps, 3, 4 * 4, dtype=torch.float64, requires_grad=True)
-    w_hh = (0.5 * torch.randn(4, 4 * 4, dtype=torch.float64)).requires_grad_()
-    h0, c0 = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    assert torch.autograd.gradcheck(lstm_recurrence, (xw, w_hh, h0, c0))
-
-
-@pytest.mark.parametrize("steps", [1, 6])
-def test_gru_recurrence_backward_passes_gradcheck_in_float64(steps):
-    """Finite differences as the oracle for the GRU's hand-written BPTT, b_hn's gradient included."""
-    from model.recurrence import gru_recurrence
-
-    torch.manual_seed(0)
-    xw = torch.randn(steps, 3, 3 * 4, dtype=torch.float64, requires_grad=True)
-    w_hh = (0.5 * torch.randn(4, 3 * 4, dtype=torch.float64)).requires_grad_()
-    b_hn = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(gru_recurrence, (xw, w_hh, b_hn, h0))
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_weight_drop_trains_through_one_dropconnect_mask_on_w_hh_per_pass(cell):
     """Oracle: torch.nn with W_hh ⊙ mask / (1 - p) copied in, the masks drawn from the same seed by a separate
@@ -181,13 +144,6 @@ def test_weight_drop_is_off_at_evaluation(mode):
     with GRAD_MODES[mode]():
         logits, _ = model(tokens)
     torch.testing.assert_close(logits, reference(tokens)[0], atol=1e-5, rtol=1e-5)
-
-
-def test_notebook_formulation_gives_the_same_logits_as_the_fast_path():
-    model = make_model("rnn", 1, vocab=13, hidden=24)
-    tokens = torch.randint(0, 13, (5, 17))
-    logits, _ = model(tokens)
-    torch.testing.assert_close(logits, notebook_rnn_logits(model, tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_init_state_is_zeros_per_layer_and_two_tensors_for_lstm():

@@ -1,0 +1,200 @@
+"""What every recurrent layer shares: its parameters, its input projection, weight drop, and the one function
+that chooses which of a cell's implementations runs.
+
+Row-vector convention as in the notebook (``X @ W``). Each layer owns
+- ``w_xh`` (in × G·H): input map; for the first layer ``in`` = vocab size and ``X_t W_xh`` is a row lookup,
+- ``w_hh`` (H × G·H): recurrent map,
+- ``b_h``  (G·H): one bias for both maps,
+with G gates stacked along the columns in PyTorch's order, so weights exchange with torch.nn.RNN/GRU/LSTM.
+A layer maps inputs (T, B) token ids (first layer) or (T, B, in) floats, and a state tuple of (B, H) tensors —
+``(h,)``, or ``(h, c)`` for the LSTM — to outputs (T, B, H) and the final state tuple.
+
+Each cell's module (``rnn.py``, ``gru.py``, ``lstm.py``) opens with its equations as plain torch code: the
+reference, which runs on any device and which the tests hold every other path to. Beneath it, that cell's fast
+paths: a fused recurrence with a hand-written backward pass (BPTT), and a numpy step for CPU inference.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.cpu_step import on_cpu, read_sequence
+
+__all__ = ["NUMPY_MAX_BATCH", "NUMPY_MIN_STEPS", "Path", "RecurrentLayer", "State", "choose_path"]
+
+State = tuple[Tensor, ...]
+
+# Without a graph to record, a layer reads a sequence in numpy (model/cpu_step.py) if it is at least
+# NUMPY_MIN_STEPS long and at most NUMPY_MAX_BATCH wide: numpy's calls cost less than torch's for a few rows,
+# torch's two OpenMP threads share a wide batch's matmuls better, and a short call does not pay for switching
+# thread pools (BENCHMARKS.md, "The CPU loops in numpy").
+NUMPY_MIN_STEPS = 16
+NUMPY_MAX_BATCH = 4
+
+
+class Path(enum.Enum):
+    """Which implementation of a cell reads a sequence."""
+
+    RECORDED = "recorded"  # autograd records: the fused recurrence, whose backward pass is hand-written
+    FUSED = "fused"  # nothing to record: the same fused forward pass, keeping nothing for a backward pass
+    NUMPY = "numpy"  # nothing to record, on the CPU, long and narrow: the numpy step in a loop
+
+
+@dataclass(frozen=True)
+class PathFacts:
+    """What the choice of path depends on, as :meth:`RecurrentLayer.path_facts` reads it from a call."""
+
+    recording: bool  # autograd wants a gradient of the inputs, the state or a parameter
+    numpy_can_read: bool  # every tensor in CPU memory, in a float type numpy has
+    steps: int
+    rows: int
+    weight_dropped: bool  # W_hh is a fresh DropConnect sample, not the parameter numpy reads
+
+
+def choose_path(facts: PathFacts) -> Path:
+    """The one place that decides how a layer reads a sequence."""
+    if facts.recording:
+        return Path.RECORDED
+    if (
+        facts.numpy_can_read
+        and not facts.weight_dropped
+        and facts.steps >= NUMPY_MIN_STEPS
+        and facts.rows <= NUMPY_MAX_BATCH
+    ):
+        return Path.NUMPY
+    return Path.FUSED
+
+
+def tanh_from_sigmoid_(s: Tensor) -> Tensor:
+    """TANH VIA SIGMOID: given ``s = σ(2z)``, writes ``tanh z = 2s − 1`` over it (within 2e-7 of ``tanh`` in
+    float32). The fused forward passes compute every tanh this way, the doubling folded into the operation
+    before the sigmoid: torch's CPU ``tanh`` of a (64 × 512) block takes 54 µs here against 24 µs for the
+    sigmoid form, 200 µs against 55 µs at (256 × 512) (BENCHMARKS.md, training throughput)."""
+    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)
+
+
+def recurrent_weight_grad(h0: Tensor, states: Tensor, grad_products: Tensor) -> Tensor:
+    """``dW_hh = Σ_t H_{t-1}^T dL/d(H_{t-1} W_hh)`` as one large matmul over steps 2..T plus the first step.
+
+    h0: (B, H); states: H_1..H_T (T, B, H); grad_products: (T, B, G·H)."""
+    grad_w_hh = h0.t() @ grad_products[0]
+    if len(states) > 1:
+        hidden, width = states.shape[-1], grad_products.shape[-1]
+        grad_w_hh.addmm_(states[:-1].reshape(-1, hidden).t(), grad_products[1:].reshape(-1, width))
+    return grad_w_hh
+
+
+def numpy_sigmoid_(x: np.ndarray) -> None:
+    """σ(x) = (1 + tanh(x / 2)) / 2, in place (numpy has no sigmoid; this form never overflows)."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+
+
+class RecurrentLayer(nn.Module):
+    """A cell's parameters and how to read a sequence with them. A subclass in its own module of this package
+    names itself in ``cell`` and is then in :data:`model.cells.CELLS` — the list the trainer's ``--cell``,
+    the weight files' ``config.cell`` and the tests read."""
+
+    cell: str  # the name in CELLS and in a weight file's config
+    num_gates = 1
+    num_state_tensors = 1  # h, or (h, c) for the LSTM
+    registry: dict[str, type[RecurrentLayer]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "cell" in cls.__dict__:
+            RecurrentLayer.registry[cls.cell] = cls
+
+    def __init__(self, input_size: int, hidden_size: int, weight_drop: float = 0.0):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.weight_drop = weight_drop  # DropConnect on W_hh while training: one mask per forward pass
+        width = self.num_gates * hidden_size
+        self.w_xh = nn.Parameter(torch.empty(input_size, width))
+        self.w_hh = nn.Parameter(torch.empty(hidden_size, width))
+        self.b_h = nn.Parameter(torch.empty(width))
+        self.add_cell_parameters()
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def add_cell_parameters(self) -> None:
+        """Parameters of this cell beyond ``w_xh``, ``w_hh`` and ``b_h``."""
+
+    # --- the math, as plain torch code ---------------------------------------------------------------------
+
+    def step(self, x: Tensor, state: State, w_hh: Tensor) -> State:
+        """One step of the cell's equations, ``x`` (B, in) floats: the state after it."""
+        raise NotImplementedError
+
+    def reference(self, x: Tensor, state: State, w_hh: Tensor | None = None) -> tuple[Tensor, State]:
+        """The cell's equations one step at a time, token ids as one-hot rows: the oracle for every path."""
+        w_hh = self.w_hh if w_hh is None else w_hh
+        if x.dtype == torch.long:
+            x = F.one_hot(x, self.input_size).to(self.w_xh.dtype)
+        outputs = []
+        for x_t in x.unbind(0):
+            state = self.step(x_t, state, w_hh)
+            outputs.append(state[0])
+        return torch.stack(outputs), state
+
+    # --- the fast paths -----------------------------------------------------------------------------------
+
+    def project_inputs(self, x: Tensor) -> Tensor:
+        """``X_t W_xh + b_h`` for every step at once: (T, B) ids or (T, B, in) floats -> (T, B, G·H)."""
+        if x.dtype == torch.long:  # one-hot(X) @ W_xh is a row lookup; the bias folded into the table
+            return F.embedding(x, self.w_xh + self.b_h)
+        steps, batch, _ = x.shape
+        return torch.addmm(self.b_h, x.reshape(steps * batch, -1), self.w_xh).view(steps, batch, -1)
+
+    def recurrent_weights(self) -> Tensor:
+        """``W_hh`` as this forward pass uses it: while training with ``weight_drop`` p, each entry is zeroed
+        with probability p and the rest scaled by 1 / (1 - p) (DropConnect; the same mask for every step of the
+        sequence, a fresh one per pass); otherwise ``W_hh`` itself."""
+        if self.training and self.weight_drop > 0:
+            return F.dropout(self.w_hh, self.weight_drop, training=True)
+        return self.w_hh
+
+    def path_facts(self, xw: Tensor, state: State, w_hh: Tensor) -> PathFacts:
+        tensors = (xw, *state)
+        return PathFacts(
+            recording=torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *self.parameters())),
+            numpy_can_read=on_cpu(*tensors),
+            steps=xw.shape[0],
+            rows=xw.shape[1],
+            weight_dropped=w_hh is not self.w_hh,
+        )
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        xw = self.project_inputs(x)
+        w_hh = self.recurrent_weights()
+        path = choose_path(self.path_facts(xw, state, w_hh))
+        if path is Path.NUMPY:
+            return read_sequence(xw, state, self)
+        return self.fused(xw, state, w_hh, recording=path is Path.RECORDED)
+
+    def fused(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+        """The cell's fused recurrence over projected inputs ``xw`` (T, B, G·H), which it may overwrite:
+        outputs (T, B, H) and the final state; with ``recording``, through its hand-written backward pass."""
+        raise NotImplementedError
+
+    def numpy_arrays(self) -> SimpleNamespace:
+        """This layer's parameters as numpy views of its tensors (no copies), by name."""
+        return SimpleNamespace(**{name: p.detach().numpy() for name, p in self.named_parameters()})
+
+    @staticmethod
+    def numpy_update(xw: np.ndarray, state: tuple[np.ndarray, ...], layer: SimpleNamespace, out) -> None:
+        """One step in numpy for n rows: ``xw`` (n, G·H) is ``X_t W_xh + b_h``, ``state`` the (n, H) arrays before
+        the step; the new ones are written into ``out``, which must not share memory with ``state``."""
+        raise NotImplementedError

@@ -1,0 +1,203 @@
+"""Each cell's reference (its equations as plain torch code) against torch.nn with the same weights, and every
+fast path against the reference; the one function that chooses the path; the registry."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.cells import CELLS, NUMPY_MAX_BATCH, NUMPY_MIN_STEPS, Path, PathFacts, choose_path
+from model.cells.gru import _GRURecurrence
+from model.cells.lstm import _LSTMRecurrence
+from model.cells.rnn import _TanhRecurrence
+from model.cpu_step import read_sequence
+from tests.model.test_lm import make_model
+from tests.model.torch_reference import TORCH_CELLS, TorchReference, notebook_rnn_logits
+
+
+def reference_logits(model, tokens, state=None):
+    """The model's head over its layers' references: (B, T, V) and the final state."""
+    state = model.init_state(tokens.shape[0]) if state is None else state
+    x, finals = tokens.t(), []
+    for l, layer in enumerate(model.layers):
+        x, final = layer.reference(x, tuple(s[l] for s in state))
+        finals.append(final)
+    logits = x @ model.w_y + model.b_y
+    return logits.transpose(0, 1), tuple(torch.stack(parts) for parts in zip(*finals))
+
+
+def test_the_registry_holds_every_cell_module_and_each_has_a_torch_nn_oracle():
+    assert set(CELLS) == {"rnn", "gru", "lstm"}
+    assert set(CELLS) == set(TORCH_CELLS)  # a new cell needs its oracle in tests/model/torch_reference.py
+    for name, layer_cls in CELLS.items():
+        assert layer_cls.cell == name and layer_cls.__module__ == f"model.cells.{name}"
+
+
+def test_the_tanh_cell_is_the_notebook_equation():
+    model = make_model("rnn", 1, vocab=13, hidden=24)
+    tokens = torch.randint(0, 13, (5, 17))
+    torch.testing.assert_close(reference_logits(model, tokens)[0], notebook_rnn_logits(model, tokens))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_reference_equals_torch_nn(cell, layers):
+    model = make_model(cell, layers)
+    tokens = torch.randint(0, 11, (3, 9))
+    state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    logits, final = reference_logits(model, tokens, state)
+    ref_logits, ref_final = TorchReference(model)(tokens, state)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(final, ref_final):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def run_path(layer, path, x, state):
+    """The layer's sequence read through one named path."""
+    xw = layer.project_inputs(x)
+    if path is Path.NUMPY:
+        with torch.no_grad():
+            return read_sequence(xw, state, layer)
+    with torch.set_grad_enabled(path is Path.RECORDED):
+        return layer.fused(xw, state, layer.w_hh, recording=path is Path.RECORDED)
+
+
+@pytest.mark.parametrize("path", Path)
+@pytest.mark.parametrize("first_layer", [True, False])
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_path_equals_the_reference(cell, first_layer, path):
+    torch.manual_seed(1)
+    layer = CELLS[cell](11 if first_layer else 7, 16)
+    x = torch.randint(0, 11, (20, 3)) if first_layer else torch.randn(20, 3, 7)
+    state = tuple(torch.randn(3, 16) for _ in range(layer.num_state_tensors))
+    outputs, final = run_path(layer, path, x, state)
+    with torch.no_grad():
+        ref_outputs, ref_final = layer.reference(x, state)
+    torch.testing.assert_close(outputs, ref_outputs, atol=1e-5, rtol=1e-5)
+    assert len(final) == layer.num_state_tensors
+    for ours, theirs in zip(final, ref_final):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_recorded_path_gives_the_references_gradients(cell):
+    torch.manual_seed(2)
+    layer = CELLS[cell](7, 16)
+    x = torch.randn(12, 3, 7, requires_grad=True)
+    state = tuple(torch.randn(3, 16, requires_grad=True) for _ in range(layer.num_state_tensors))
+    weights = torch.randn(12, 3, 16)
+
+    def gradients(read):
+        layer.zero_grad()
+        for t in (x, *state):
+            t.grad = None
+        outputs, final = read()
+        ((outputs * weights).sum() + sum(f.square().sum() for f in final)).backward()
+        return [t.grad.clone() for t in (x, *state, *layer.parameters())]
+
+    ours = gradients(lambda: run_path(layer, Path.RECORDED, x, state))
+    reference = gradients(lambda: layer.reference(x, state))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+FACTS = dict(recording=False, numpy_can_read=True, steps=NUMPY_MIN_STEPS, rows=NUMPY_MAX_BATCH, weight_dropped=False)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({}, Path.NUMPY),
+        ({"recording": True}, Path.RECORDED),
+        ({"recording": True, "steps": 1}, Path.RECORDED),
+        ({"steps": NUMPY_MIN_STEPS - 1}, Path.FUSED),
+        ({"rows": NUMPY_MAX_BATCH + 1}, Path.FUSED),
+        ({"numpy_can_read": False}, Path.FUSED),
+        ({"weight_dropped": True}, Path.FUSED),
+    ],
+)
+def test_choose_path(change, expected):
+    assert choose_path(PathFacts(**{**FACTS, **change})) is expected
+
+
+def facts_of(layer, x, state, mode):
+    with mode():
+        xw = layer.project_inputs(x)
+        return layer.path_facts(xw, state, layer.recurrent_weights())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_layer_reads_its_facts_from_the_call(cell):
+    layer = CELLS[cell](11, 8, weight_drop=0.5)
+    state = tuple(torch.zeros(2, 8) for _ in range(layer.num_state_tensors))
+    ids = torch.randint(0, 11, (NUMPY_MIN_STEPS, 2))
+    layer.eval()
+    assert facts_of(layer, ids, state, torch.inference_mode) == PathFacts(False, True, NUMPY_MIN_STEPS, 2, False)
+    assert facts_of(layer, ids, state, torch.enable_grad).recording  # the parameters want gradients
+    layer.train()  # a fresh DropConnect sample of W_hh: numpy reads the parameter, so not numpy
+    assert facts_of(layer, ids, state, torch.no_grad).weight_dropped
+    assert facts_of(layer, ids, tuple(s.double() for s in state), torch.no_grad).weight_dropped is not False
+    half = tuple(s.half() for s in state)
+    assert not facts_of(layer.eval(), ids, half, torch.no_grad).numpy_can_read
+
+
+def test_tanh_recurrence_backward_passes_gradcheck_in_float64():
+    """Finite differences as the oracle for the hand-written BPTT."""
+    torch.manual_seed(0)
+    xw = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 4, dtype=torch.float64)).requires_grad_()
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    # The recurrence writes the states over its first argument: give it a copy each call.
+    assert torch.autograd.gradcheck(lambda x, w, h: _TanhRecurrence.apply(x.clone(), w, h), (xw, w_hh, h0))
+
+
+@pytest.mark.parametrize("steps", [1, 6])
+def test_lstm_recurrence_backward_passes_gradcheck_in_float64(steps):
+    """Finite differences as the oracle for the LSTM's hand-written BPTT, the final cell's gradient included."""
+    torch.manual_seed(0)
+    xw = torch.randn(steps, 3, 4 * 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 4 * 4, dtype=torch.float64)).requires_grad_()
+    h0, c0 = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(_LSTMRecurrence.apply, (xw, w_hh, h0, c0))
+
+
+@pytest.mark.parametrize("steps", [1, 6])
+def test_gru_recurrence_backward_passes_gradcheck_in_float64(steps):
+    """Finite differences as the oracle for the GRU's hand-written BPTT, b_hn's gradient included."""
+    torch.manual_seed(0)
+    xw = torch.randn(steps, 3, 3 * 4, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4, 3 * 4, dtype=torch.float64)).requires_grad_()
+    b_hn = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_GRURecurrence.apply, (xw, w_hh, b_hn, h0))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_forward_passes_before_one_backward_give_torch_nn_gradients(cell):
+    """Gradient accumulation: the first pass's saved tensors are still in its graph when the second runs."""
+    model = make_model(cell, 2)
+    reference = TorchReference(model)
+    a, b = torch.randint(0, 11, (2, 4, 20))
+    targets = torch.randint(0, 11, (2, 4, 20))
+    losses = [F.cross_entropy(model(x)[0].reshape(-1, 11), y.reshape(-1)) for x, y in zip((a, b), targets)]
+    sum(losses).backward()
+    ref = [F.cross_entropy(reference(x)[0].reshape(-1, 11), y.reshape(-1)) for x, y in zip((a, b), targets)]
+    sum(ref).backward()
+    expected = reference.grads_as_model(model)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_outputs_and_final_states_kept_across_steps_stay_as_they_were(cell):
+    """A trainer carries the final state to the next batch and may keep outputs; the in-place writes of later
+    steps (the tanh RNN's states over its projections) must not reach them."""
+    model = make_model(cell, 1)
+    tokens = torch.randint(0, 11, (3, 12))
+    logits, state = model(tokens)
+    outputs = model.layers[0](tokens.t(), tuple(s[0] for s in model.init_state(3)))[0]
+    kept = [t.detach().clone() for t in (logits, outputs, *state)]
+    for _ in range(3):  # further training steps of the same shape
+        more, _ = model(torch.randint(0, 11, (3, 12)))
+        more.sum().backward()
+    for before, now in zip(kept, (logits, outputs, *state)):
+        assert torch.equal(before, now)
