@@ -15,7 +15,7 @@ from app.protocol import GenerationResult, TokenInfo
 from app.stops import StopScanner
 from model import Vocab
 from model.decode import StepDecoder
-from model.sampling import Sampler
+from model.sampling import Sampler, log_probs, top_log_probs
 
 __all__ = ["Decoding"]
 
@@ -119,12 +119,12 @@ class Decoding:
     def _token_info(self, char: str, token: int, logits: torch.Tensor) -> TokenInfo:
         """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the
         k most likely characters'."""
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        scores = log_probs(logits.reshape(-1))
         top = None
         if self.top_logprobs:
-            values, indices = log_probs.topk(min(self.top_logprobs, log_probs.numel()))
+            values, indices = top_log_probs(scores, self.top_logprobs)
             top = {self.vocab.tokens[i]: v for i, v in zip(indices.tolist(), values.tolist())}
-        return TokenInfo(char, float(log_probs[token]), top)
+        return TokenInfo(char, float(scores[token]), top)
 
     @property
     def generated_text(self) -> str:

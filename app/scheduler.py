@@ -33,6 +33,7 @@ from model import RNNLM, State
 from model.batch import BatchDecoder
 from model.decode import StepDecoder
 from model.inference import drain, iter_warm
+from model.sampling import greedy_choice
 
 __all__ = ["GenerationJob", "Job", "OneAtATime", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
 
@@ -255,7 +256,7 @@ class Scheduler:
         self.rows_stepped += len(rows)
         # Plain numpy for the per-row bookkeeping: a torch call costs several times a numpy one at this size.
         scores = logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
-        tokens = scores[:, 1:].argmax(axis=1) + 1  # greedy, never <unk> (id 0)
+        tokens = greedy_choice(scores)  # the model's greedy rule, on every row at once
         changed = False  # a prompt read to its end, a sequence finished or a job cancelled: settle the batch
         for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
             if row.job.cancelled:  # leaves at the settling below; what it reads now does not matter

@@ -17,7 +17,7 @@ from torch import Tensor
 from model.cells import State
 from model.decode import StepDecoder
 from model.lm import RNNLM
-from model.sampling import Sampler
+from model.sampling import Sampler, log_probs, top_log_probs
 
 __all__ = ["Score", "drain", "generate", "iter_score", "iter_tokens", "iter_warm", "score", "warm"]
 
@@ -138,7 +138,7 @@ def iter_score(
     elif start is not None:
         state = start
         with torch.inference_mode():
-            first = torch.log_softmax(model.next_logits(state)[0].float(), dim=-1)  # (V,)
+            first = log_probs(model.next_logits(state)[0])  # (V,)
         stream = ids
     else:
         state = model.init_state(1)
@@ -151,14 +151,14 @@ def iter_score(
     top_values: list[Tensor] = []
     top_indices: list[Tensor] = []
 
-    def record(log_probs: Tensor, targets: Tensor) -> None:  # (t, V) scores of the targets (t,)
+    def record(scores: Tensor, targets: Tensor) -> None:  # (t, V) log-probabilities; the targets (t,)
         nonlocal total
-        lp = log_probs.gather(1, targets[:, None]).squeeze(1)  # (t,)
+        lp = scores.gather(1, targets[:, None]).squeeze(1)  # (t,)
         total += lp.double().sum().cpu()
         if return_logprobs:
             logprobs.append(lp.cpu())
         if top_k:
-            values, indices = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)  # (t, k)
+            values, indices = top_log_probs(scores, top_k)  # (t, k)
             top_values.append(values.cpu())
             top_indices.append(indices.cpu())
 
@@ -171,7 +171,7 @@ def iter_score(
         inputs = stream[begin : begin + targets.numel() + (last and return_state)]
         with torch.inference_mode():
             logits, state = model(_as_batch(inputs, model), state)  # (1, t, V)
-            record(torch.log_softmax(logits[0, : targets.numel()].float(), dim=-1), targets)
+            record(log_probs(logits[0, : targets.numel()]), targets)
         yield
     if return_state and stream.numel() == 1:  # one id, scored from ``start``: it still has to be read
         with torch.inference_mode():

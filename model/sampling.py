@@ -107,11 +107,11 @@ class Sampler:
         and which tokens were seen in the prompt or since (``seen``): the penalties' input."""
         if self.adjusts:
             logits = self.adjusted(logits, counts, seen)
-        if self.greedy:  # the argmax, never <unk> (id 0)
+        if self.greedy:
             try:
-                return int(logits.numpy()[1:].argmax()) + 1  # a CPU tensor: numpy costs a sixth of torch
+                return int(greedy_choice(logits.numpy()))  # a CPU tensor: numpy costs a sixth of torch
             except (RuntimeError, TypeError):  # on a GPU, or part of a graph
-                return int(logits[1:].argmax()) + 1
+                return int(greedy_choice(logits))
         scores = logits.detach().float().cpu().clone()
         scores[0] = -math.inf  # never <unk>
         scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
@@ -128,6 +128,22 @@ class Sampler:
             scores[scores < scores.max() + math.log(self.min_p)] = -math.inf
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def greedy_choice(scores):
+    """Greedy prediction: the argmax over the last axis of scores (…, V) — numpy or torch — never ``<unk>``
+    (id 0): ids (…)."""
+    return scores[..., 1:].argmax(-1) + 1
+
+
+def log_probs(logits: Tensor) -> Tensor:
+    """``log softmax`` over the last axis, in float32 at least: (…, V)."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def top_log_probs(log_probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest log-probabilities over the last axis and their ids, most likely first: (…, k) each."""
+    return log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
 
 
 def _positive(x: float) -> bool:
