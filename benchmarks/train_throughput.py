@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import RNNLM, LMConfig, grad_clipping
+from model.heap import keep_freed_memory
 
 TORCH_CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -80,10 +81,22 @@ def main() -> None:
         default=1,
         help="measure every line this many times, in turn, and end with each line's median ratio",
     )
+    parser.add_argument(
+        "--heap",
+        choices=["trainer", "default"],
+        default="trainer",
+        help="trainer: glibc malloc keeps freed memory, as rnnlm-train sets it for its process (model/heap.py; "
+        "torch.nn gains from it too); default: malloc as it comes",
+    )
     args = parser.parse_args()
+    if args.heap == "trainer" and not keep_freed_memory():
+        parser.error("--heap trainer: this C library has no mallopt")
     torch.set_num_threads(args.threads)
     vocab = 65
-    print(f"V={vocab} H={args.hidden} T={args.seq_len} threads={torch.get_num_threads()} torch {torch.__version__}")
+    print(
+        f"V={vocab} H={args.hidden} T={args.seq_len} threads={torch.get_num_threads()} heap={args.heap} "
+        f"torch {torch.__version__}"
+    )
     ratios: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.repeats):
         for cell in args.cells:

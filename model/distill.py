@@ -14,13 +14,23 @@ a held-out one.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from model.lm import RNNLM
+from model.train_cli import TrainError
+from model.vocab import Vocab
+from model.weights import WeightsError, load_weights
 
-__all__ = ["distillation_loss", "teacher_log_probs"]
+__all__ = ["distillation_loss", "load_teacher", "teacher_log_probs"]
+
+TEACHER_TABLE_IN_MEMORY = 2 * 2**30  # bytes: a larger teacher table goes to a memory-mapped file
 
 TEACHER_ROWS = 64  # the text is read as this many parallel streams
 TEACHER_WARMUP = 256  # each stream first reads this many characters before its own part (none for the first)
@@ -79,3 +89,49 @@ def distillation_loss(logits: Tensor, targets: Tensor, teacher_logp: Tensor, alp
         return hard, hard
     soft = F.cross_entropy(logits, teacher_logp.to(logits.dtype).exp())  # probability targets
     return (1 - alpha) * hard + alpha * soft, hard
+
+
+def load_teacher(
+    path: str, vocab: Vocab, train_ids: Tensor, device: torch.device, corpus_cache: Path
+) -> tuple[Tensor, dict]:
+    """The teacher's log-probabilities for every next character of the training split, and what the weight
+    file's metadata records of the teacher."""
+    try:
+        teacher = load_weights(path, device)
+    except WeightsError as e:
+        raise TrainError(f"--teacher {e}") from None
+    if teacher.vocab != vocab:
+        raise TrainError(
+            f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's ({len(vocab)} tokens)"
+        )
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    logp = _teacher_table(teacher.model, digest, train_ids, device, corpus_cache)
+    return logp, {
+        "name": Path(path).name,
+        "sha256": digest,
+        "config": teacher.config.to_dict(),
+        "val_nll": teacher.training.get("val_nll"),
+    }
+
+
+def _teacher_table(teacher: RNNLM, digest: str, train_ids: Tensor, device: torch.device, corpus_cache: Path) -> Tensor:
+    """The teacher's (n × V) float16 table, in memory up to TEACHER_TABLE_IN_MEMORY, else in a memory-mapped
+    file beside the corpus's ids (kept, so a resumed run reads it instead of running the teacher again)."""
+    n, vocab = len(train_ids), teacher.config.vocab_size
+    if n * vocab * 2 <= TEACHER_TABLE_IN_MEMORY:
+        return teacher_log_probs(teacher, train_ids).to(device)
+    path = corpus_cache.with_name(f"{corpus_cache.stem}.teacher-{digest[:16]}-{n}.f16")
+    done = path.with_suffix(".done")
+    free = shutil.disk_usage(path.parent).free + (path.stat().st_size if path.exists() else 0)
+    if not done.exists() and free < n * vocab * 2:
+        raise TrainError(
+            f"--teacher: its table for {n:,} characters needs {n * vocab * 2 / 1e9:,.1f} GB and "
+            f"{path.parent} has {free / 1e9:,.1f} GB free (set --cache-dir elsewhere)"
+        )
+    table = np.memmap(path, dtype=np.float16, mode="r+" if done.exists() else "w+", shape=(n, vocab))
+    logp = torch.from_numpy(table)
+    if not done.exists():
+        teacher_log_probs(teacher, train_ids, out=logp)
+        table.flush()
+        done.write_text("complete\n")
+    return logp

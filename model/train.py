@@ -1,212 +1,44 @@
-"""Offline trainer: ``python -m model.train --corpus FILE --out weights/my.safetensors`` (or ``rnnlm-train``).
+"""The training loop: ``python -m model.train --corpus FILE --out weights/my.safetensors`` (or ``rnnlm-train``).
 
-Trains on cross-entropy, reports perplexity = exp(mean cross-entropy), clips gradients by global L2 norm,
-keeps the best weights by validation loss, checkpoints atomically (``OUT.ckpt``), resumes exactly, and
-writes a metrics log (``OUT.metrics.jsonl``) and, with matplotlib installed, a plot (``OUT.png``).
-Runs unchanged under ``torchrun --nproc_per_node=K -m model.train ...`` (DDP: gloo on CPU, nccl on CUDA).
+A :class:`Run` holds the data, model, optimiser and schedule; :func:`train` steps it, evaluates, keeps the best
+weights and checkpoints. The options: model/train_cli.py; the checkpoint and resume: model/checkpoint.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.atomic import atomic_write
-from model.cells import CELLS, State
+from model.cells import State
+from model.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from model.clipping import grad_clipping
 from model.data import CorpusError, batches_per_epoch, epoch_batches
-from model.distill import distillation_loss, teacher_log_probs
+from model.distill import distillation_loss, load_teacher
+from model.heap import keep_freed_memory
 from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.inference import generate, score, warm
 from model.lm import RNNLM, LMConfig
+from model.train_cli import TrainError, build_parser, parse_args, resumed_args
 from model.vocab import Vocab
-from model.weights import WeightsError, load_weights, save_weights
+from model.weights import save_weights
 
-__all__ = ["main", "parse_args"]
+__all__ = ["Run", "build_parser", "main", "parse_args", "train"]
 
 SAMPLE_PREFIX = "\n"
-TEACHER_TABLE_IN_MEMORY = 2 * 2**30  # bytes: a larger teacher table goes to a memory-mapped file
-# Options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir"}
-
-
-class TrainError(Exception):
-    """Bad input to the trainer: printed as one line, exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
-    return value
-
-
-def _finite_float(low: float, high: float, low_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-            raise argparse.ArgumentTypeError(
-                f"expected a number in {'(' if low_open else '['}{low}, {high}], got {text!r}"
-            )
-        return value
-
-    return parse
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + error
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module's docstring as written, and every option's default after its help."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="rnnlm-train", description=__doc__, formatter_class=_Help)
-    p.add_argument("--corpus", nargs="+", metavar="PATH", help="UTF-8 text file(s) to train on, concatenated")
-    p.add_argument("--out", default="weights/model.safetensors", help="weight file to write (best by validation)")
-    p.add_argument("--cell", choices=sorted(CELLS), default="rnn", help="recurrent cell (model/cells/)")
-    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden state size H")
-    p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
-    p.add_argument(
-        "--dropout", type=_finite_float(0.0, 0.95), default=0.0, help="dropout on every layer's outputs while training"
-    )
-    p.add_argument(
-        "--weight-drop",
-        type=_finite_float(0.0, 0.95),
-        default=0.0,
-        help="DropConnect on every layer's recurrent weights W_hh while training: one mask per batch, "
-        "the full W_hh at evaluation",
-    )
-    p.add_argument(
-        "--teacher",
-        metavar="WEIGHTS",
-        help="a trained weight file with the same vocabulary: the model also learns the teacher's predicted "
-        "distribution at every position (knowledge distillation; see model/distill.py)",
-    )
-    p.add_argument(
-        "--distill",
-        type=_finite_float(0.0, 1.0),
-        default=0.5,
-        help="with --teacher, α: loss = (1 - α)·CE(text) + α·CE(teacher's distribution)",
-    )
-    p.add_argument("--time-step", type=_positive_int, default=128, help="tokens per window, T")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="windows per step, global")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="the notebook uses sgd")
-    p.add_argument("--lr", type=_finite_float(0.0, 100.0, low_open=True), default=2e-3, help="peak learning rate")
-    p.add_argument(
-        "--lr-schedule",
-        choices=["cosine", "constant"],
-        default="cosine",
-        help="cosine: linear warm-up then cosine decay to --min-lr-ratio×lr over all --epochs",
-    )
-    p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps")
-    p.add_argument(
-        "--min-lr-ratio",
-        type=_finite_float(0.0, 1.0),
-        default=0.05,
-        help="cosine schedule: the final learning rate as a fraction of --lr",
-    )
-    p.add_argument("--weight-decay", type=_finite_float(0.0, 1.0), default=0.0, help="L2 weight decay")
-    p.add_argument(
-        "--clip",
-        type=_finite_float(0.0, 1e6, low_open=True),
-        default=1.0,
-        help="θ: if the global gradient norm exceeds θ, scale every gradient by θ/norm",
-    )
-    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split")
-    p.add_argument(
-        "--max-steps",
-        type=_positive_int,
-        default=None,
-        help="stop after this many steps in all (the lr schedule still spans --epochs)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=_finite_float(0.0, 0.5),
-        default=0.1,
-        help="the tail of the corpus held out for validation",
-    )
-    p.add_argument(
-        "--sampling",
-        choices=["sequential", "random"],
-        default="sequential",
-        help="sequential: carry each row's state across batches; random: fresh state per window",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the data order")
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=None,
-        help="where the corpus's token-id file is kept and found again (None: $RNNLM_CACHE_DIR, else ~/.cache/rnnlm)",
-    )
-    p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available, else CPU"
-    )
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (None: torch's choice)")
-    p.add_argument(
-        "--eval-every", type=_positive_int, default=500, help="steps between evaluations (and at least one each epoch)"
-    )
-    p.add_argument(
-        "--eval-chars",
-        type=_positive_int,
-        default=200_000,
-        help="at most this many validation characters per periodic evaluation (the final one uses all)",
-    )
-    p.add_argument(
-        "--sample-chars", type=_non_negative_int, default=120, help="greedy sample length shown at each evaluation"
-    )
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume is None and not args.corpus:
-        parser.error("--corpus is required (or --resume a checkpoint)")
-    explicit = argparse.Namespace()
-    quiet = build_parser()
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-    quiet.parse_args(argv, namespace=explicit)
-    args.explicit = sorted(vars(explicit))
-    if "distill" in args.explicit and args.teacher is None and args.resume is None:
-        parser.error("--distill needs --teacher")
-    return args
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,7 +82,11 @@ class Run:
         if args.val_fraction > 0 and len(self.val_ids) < 2:
             raise TrainError("corpus too short: the validation split has fewer than 2 characters")
 
-        self.teacher_logp, self.teacher_file = self._teacher(args.teacher)
+        self.teacher_logp, self.teacher_file = None, None  # the teacher's table (model/distill.py), its file
+        if args.teacher:
+            self.teacher_logp, self.teacher_file = load_teacher(
+                args.teacher, self.vocab, self.train_ids, self.device, self.corpus_cache
+            )
         torch.manual_seed(args.seed)
         config = LMConfig(
             cell=args.cell,
@@ -276,7 +112,7 @@ class Run:
         self.carried: State | None = None  # sequential sampling: each row's state, (L, B, H) globally
         self.plot_note_shown = False
         if resume:
-            self._restore(resume)
+            restore_checkpoint(self, resume)
 
     def _encoded_corpus(self, args: argparse.Namespace, vocab: Vocab | None) -> EncodedCorpus:
         """The corpus as a memory-mapped id file (model/id_file.py), encoded by rank 0 while the others wait."""
@@ -287,50 +123,6 @@ class Run:
         if self.world > 1 and self.rank == 0:
             torch_dist.barrier()
         return corpus
-
-    def _teacher(self, path: str | None) -> tuple[torch.Tensor | None, dict | None]:
-        """The teacher's log-probabilities for every next character of the training split (model/distill.py)."""
-        if not path:
-            return None, None
-        try:
-            teacher = load_weights(path, self.device)
-        except WeightsError as e:
-            raise TrainError(f"--teacher {e}") from None
-        if teacher.vocab != self.vocab:
-            raise TrainError(
-                f"--teacher {path}: its vocabulary ({len(teacher.vocab)} tokens) is not the corpus's "
-                f"({len(self.vocab)} tokens)"
-            )
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        logp = self._teacher_table(teacher.model, digest)
-        return logp, {
-            "name": Path(path).name,
-            "sha256": digest,
-            "config": teacher.config.to_dict(),
-            "val_nll": teacher.training.get("val_nll"),
-        }
-
-    def _teacher_table(self, teacher: RNNLM, digest: str) -> torch.Tensor:
-        """The teacher's (n × V) float16 table, in memory up to TEACHER_TABLE_IN_MEMORY, else in a memory-mapped
-        file beside the corpus's ids (kept, so a resumed run reads it instead of running the teacher again)."""
-        n, vocab = len(self.train_ids), teacher.config.vocab_size
-        if n * vocab * 2 <= TEACHER_TABLE_IN_MEMORY:
-            return teacher_log_probs(teacher, self.train_ids).to(self.device)
-        path = self.corpus_cache.with_name(f"{self.corpus_cache.stem}.teacher-{digest[:16]}-{n}.f16")
-        done = path.with_suffix(".done")
-        free = shutil.disk_usage(path.parent).free + (path.stat().st_size if path.exists() else 0)
-        if not done.exists() and free < n * vocab * 2:
-            raise TrainError(
-                f"--teacher: its table for {n:,} characters needs {n * vocab * 2 / 1e9:,.1f} GB and "
-                f"{path.parent} has {free / 1e9:,.1f} GB free (set --cache-dir elsewhere)"
-            )
-        table = np.memmap(path, dtype=np.float16, mode="r+" if done.exists() else "w+", shape=(n, vocab))
-        logp = torch.from_numpy(table)
-        if not done.exists():
-            teacher_log_probs(teacher, self.train_ids, out=logp)
-            table.flush()
-            done.write_text("complete\n")
-        return logp
 
     def batches(self, epoch: int):
         """(X, Y, P) for every batch of an epoch: P holds the training-split positions of X (for the teacher)."""
@@ -421,7 +213,7 @@ class Run:
             "wall_time_s": round(self.wall_time, 1),
             "command": " ".join(shlex.quote(a) for a in [*_program(), *sys.argv[1:]]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "hyperparameters": {k: v for k, v in vars(self.args).items() if k not in ("explicit", "resume")},
+            "hyperparameters": {k: v for k, v in vars(self.args).items() if k not in ("given", "resume")},
             "processes": self.world,
         }
         if self.teacher_file is not None:
@@ -431,42 +223,6 @@ class Run:
                 val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4), val_bpc=round(val_nll / math.log(2), 5)
             )
         return meta
-
-    def save_checkpoint(self) -> None:
-        state = {
-            "args": {k: v for k, v in vars(self.args).items() if k != "explicit"},
-            "vocab": self.vocab.to_json(),
-            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "wall_time": self.wall_time,
-            "best_val": self.best_val,
-            "carried": [s.cpu() for s in self.carried] if self.carried is not None else None,
-            "teacher_sha256": self.teacher_file["sha256"] if self.teacher_file else None,
-        }
-        atomic_write(self.ckpt_path, lambda tmp: torch.save(state, tmp))
-
-    def _restore(self, ckpt: dict) -> None:
-        expected = ckpt.get("teacher_sha256")
-        if expected and self.teacher_file["sha256"] != expected:
-            raise TrainError(
-                f"--resume: the teacher {self.args.teacher} is not the file this run started with "
-                "(its sha256 differs); the run cannot continue exactly"
-            )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        torch.set_rng_state(ckpt["rng"])
-        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        self.step, self.tokens_seen = ckpt["step"], ckpt["tokens_seen"]
-        self.wall_time, self.best_val = ckpt["wall_time"], ckpt["best_val"]
-        if ckpt["carried"] is not None:
-            self.carried = tuple(s.to(self.device) for s in ckpt["carried"])
 
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -506,15 +262,6 @@ def _remove_stale_temporaries(directory: Path, targets) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _load_checkpoint(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"--resume {path}: file not found") from None
-    except Exception as e:
-        raise TrainError(f"--resume {path}: not a usable checkpoint ({type(e).__name__})") from None
-
-
 class _Stop:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and exits."""
 
@@ -533,13 +280,11 @@ class _Stop:
 def train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:
-        resume = _load_checkpoint(args.resume)
-        saved = resume["args"]
-        for key, value in saved.items():
-            if key not in RESUMABLE or key not in args.explicit:
-                setattr(args, key, value)
+        resume = load_checkpoint(args.resume)
+        args = resumed_args(args, resume["args"])
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # a step's large tensors reuse mapped pages (model/heap.py)
     run = Run(args, resume)
     main_rank = run.rank == 0
     if main_rank:
@@ -598,7 +343,7 @@ def train(args: argparse.Namespace) -> int:
     bar.close()
     stop.restore()
     if main_rank:
-        run.save_checkpoint()
+        save_checkpoint(run)
         if stop.signum is not None:
             print(
                 f"stopped by signal {stop.signum} at step {run.step}; checkpoint {run.ckpt_path} "
@@ -638,7 +383,7 @@ def evaluate(run: Run, losses: list[float], bar: tqdm, final: bool) -> float | N
     if val_nll < run.best_val:
         run.best_val = val_nll
         save_weights(run.out, run.model, run.vocab, run.training_metadata(val_nll))
-    run.save_checkpoint()
+    save_checkpoint(run)
     _plot(run)
     return val_nll
 

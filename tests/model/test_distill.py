@@ -170,12 +170,12 @@ def _other_corpus(d):
 
 
 def test_a_teacher_table_over_the_memory_budget_is_a_memory_mapped_file_with_the_same_values(tmp_path, monkeypatch):
-    import model.train as train_module
+    import model.distill as distill_module
 
     teacher_path = train(tmp_path, _corpus(tmp_path), "teacher", "--max-steps", "2")
     argv = ["--corpus", str(tmp_path / "corpus.txt"), "--teacher", str(teacher_path), "--hidden", "8"]
     in_memory = Run(parse_args(argv), None).teacher_logp
-    monkeypatch.setattr(train_module, "TEACHER_TABLE_IN_MEMORY", 0)
+    monkeypatch.setattr(distill_module, "TEACHER_TABLE_IN_MEMORY", 0)
     mapped = Run(parse_args(argv), None)
     files = list(mapped.corpus_cache.parent.glob("*.teacher-*.f16"))
     assert len(files) == 1 and files[0].stat().st_size == in_memory.numel() * 2

@@ -261,7 +261,7 @@ def test_help_shows_every_option_s_default(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    from model.train import build_parser
+    from model.train_cli import build_parser
 
     for action in build_parser()._actions:
         if action.option_strings and action.default is not argparse.SUPPRESS and action.dest != "help":
@@ -283,3 +283,18 @@ def test_a_run_shorter_than_eval_every_still_evaluates_every_epoch_and_says_when
         assert not out.with_suffix(".png").exists()
     else:
         assert out.with_suffix(".png").exists()
+
+
+def test_options_given_on_the_command_line_are_known_from_one_parse_and_resume_takes_only_resumable_ones():
+    from model.train_cli import parse_args, resumed_args
+
+    fresh = parse_args(["--corpus", "a.txt", "--epochs", "3", "--lr", "0.01"])
+    assert fresh.given == ["corpus", "epochs", "lr"] and fresh.epochs == 3 and fresh.hidden == 512
+    args = parse_args(["--resume", "run.ckpt", "--epochs", "9", "--lr", "0.5"])
+    saved = {"corpus": ["a.txt"], "epochs": 3, "lr": 0.01, "cell": "gru", "hidden": 64, "resume": None}
+    resumed = resumed_args(args, saved)
+    assert resumed.epochs == 9  # resumable and given: this command line's
+    assert resumed.lr == 0.01  # not resumable: the checkpoint's, so the run continues exactly
+    assert (resumed.cell, resumed.hidden, resumed.corpus) == ("gru", 64, ["a.txt"])
+    assert resumed.resume == "run.ckpt"
+    assert resumed.eval_chars == 200_000  # not in this (older) checkpoint: this command line's default
