@@ -35,12 +35,11 @@ class GRULayer(RecurrentLayer):
         n = torch.tanh(x @ w_xn + b_n + r * (h @ w_hn + self.b_hn))
         return ((1 - z) * n + z * h,)
 
-    def fused(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
         if recording:
             outputs = _GRURecurrence.apply(xw, w_hh, self.b_hn, state[0])
-        else:
-            outputs = _gru_forward(xw, w_hh, self.b_hn, state[0])[2]  # nothing kept for a backward pass
-        return outputs, (outputs[-1],)
+            return outputs, (outputs[-1],)
+        return _gru_steps(xw, w_hh, self.b_hn, state[0])
 
     @staticmethod
     def numpy_update(xw: np.ndarray, state, layer, out) -> None:
@@ -58,6 +57,21 @@ class GRULayer(RecurrentLayer):
         np.subtract(h, n, out=h_new)  # H_t = n + z ⊙ (H_{t-1} - n)
         h_new *= rz[:, hidden:]
         h_new += n
+
+
+def _gru_steps(xw: Tensor, w_hh: Tensor, b_hn: Tensor, h: Tensor) -> tuple[Tensor, State]:
+    """Nothing to record: the equations a step at a time over the projected inputs ``xw`` (T, B, 3H). Each
+    step's tensors are small and stay in cache; the recorded forward pass below writes (T, B, ·) buffers a
+    backward pass needs, which made a 64 × 256 pass without gradients 5–15 % slower (BENCHMARKS.md)."""
+    hidden = h.shape[-1]
+    outputs = []
+    for xw_t in xw.unbind(0):
+        hw = h @ w_hh  # (B, 3H)
+        r, z = torch.sigmoid(xw_t[:, : 2 * hidden] + hw[:, : 2 * hidden]).chunk(2, dim=1)
+        n = torch.tanh(xw_t[:, 2 * hidden :] + r * (hw[:, 2 * hidden :] + b_hn))
+        h = n + z * (h - n)  # (1 - z) ⊙ n + z ⊙ h
+        outputs.append(h)
+    return torch.stack(outputs), (h,)
 
 
 def _gru_forward(xw: Tensor, w_hh: Tensor, b_hn: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -44,7 +44,7 @@ class Path(enum.Enum):
     """Which implementation of a cell reads a sequence."""
 
     RECORDED = "recorded"  # autograd records: the fused recurrence, whose backward pass is hand-written
-    FUSED = "fused"  # nothing to record: the same fused forward pass, keeping nothing for a backward pass
+    TORCH = "torch"  # nothing to record: the recurrence in torch, keeping nothing for a backward pass
     NUMPY = "numpy"  # nothing to record, on the CPU, long and narrow: the numpy step in a loop
 
 
@@ -70,7 +70,7 @@ def choose_path(facts: PathFacts) -> Path:
         and facts.rows <= NUMPY_MAX_BATCH
     ):
         return Path.NUMPY
-    return Path.FUSED
+    return Path.TORCH
 
 
 def tanh_from_sigmoid_(s: Tensor) -> Tensor:
@@ -182,11 +182,12 @@ class RecurrentLayer(nn.Module):
         path = choose_path(self.path_facts(xw, state, w_hh))
         if path is Path.NUMPY:
             return read_sequence(xw, state, self)
-        return self.fused(xw, state, w_hh, recording=path is Path.RECORDED)
+        return self.recurrence(xw, state, w_hh, recording=path is Path.RECORDED)
 
-    def fused(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
-        """The cell's fused recurrence over projected inputs ``xw`` (T, B, G·H), which it may overwrite:
-        outputs (T, B, H) and the final state; with ``recording``, through its hand-written backward pass."""
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+        """The cell's recurrence in torch over projected inputs ``xw`` (T, B, G·H), which it may overwrite:
+        outputs (T, B, H) and the final state; with ``recording``, the fused forward pass whose backward pass
+        is hand-written."""
         raise NotImplementedError
 
     def numpy_arrays(self) -> SimpleNamespace:

@@ -34,13 +34,11 @@ class LSTMLayer(RecurrentLayer):
         c = f * c + i * g
         return o * torch.tanh(c), c
 
-    def fused(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
         if recording:
             outputs, c = _LSTMRecurrence.apply(xw, w_hh, *state)
-        else:
-            _, outputs, cells, _ = _lstm_forward(xw, w_hh, *state)  # nothing kept for a backward pass
-            c = cells[-1].clone()
-        return outputs, (outputs[-1], c)
+            return outputs, (outputs[-1], c)
+        return _lstm_steps(xw, w_hh, *state)
 
     @staticmethod
     def numpy_update(xw: np.ndarray, state, layer, out) -> None:
@@ -58,6 +56,18 @@ class LSTMLayer(RecurrentLayer):
         c_new += g
         np.tanh(c_new, out=h_new)
         h_new *= gates[:, 3 * hidden :]
+
+
+def _lstm_steps(xw: Tensor, w_hh: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
+    """Nothing to record: the equations a step at a time over the projected inputs ``xw`` (T, B, 4H), each
+    step's tensors small and in cache (see gru.py's ``_gru_steps``)."""
+    outputs = []
+    for xw_t in xw.unbind(0):
+        i, f, g, o = torch.addmm(xw_t, h, w_hh).chunk(4, dim=1)  # (B, H) each
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs), (h, c)
 
 
 def _lstm_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor):

@@ -19,7 +19,7 @@ class RNNLayer(RecurrentLayer):
         (h,), w_xh, b_h = state, self.w_xh, self.b_h
         return (torch.tanh(x @ w_xh + h @ w_hh + b_h),)
 
-    def fused(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+    def recurrence(self, xw: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
         # The states are written over xw, the projections this layer has just made: no (T, B, H) copy.
         if recording:
             outputs = _TanhRecurrence.apply(xw, w_hh, state[0])

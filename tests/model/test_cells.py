@@ -58,7 +58,7 @@ def run_path(layer, path, x, state):
         with torch.no_grad():
             return read_sequence(xw, state, layer)
     with torch.set_grad_enabled(path is Path.RECORDED):
-        return layer.fused(xw, state, layer.w_hh, recording=path is Path.RECORDED)
+        return layer.recurrence(xw, state, layer.w_hh, recording=path is Path.RECORDED)
 
 
 @pytest.mark.parametrize("path", Path)
@@ -109,10 +109,10 @@ FACTS = dict(recording=False, numpy_can_read=True, steps=NUMPY_MIN_STEPS, rows=N
         ({}, Path.NUMPY),
         ({"recording": True}, Path.RECORDED),
         ({"recording": True, "steps": 1}, Path.RECORDED),
-        ({"steps": NUMPY_MIN_STEPS - 1}, Path.FUSED),
-        ({"rows": NUMPY_MAX_BATCH + 1}, Path.FUSED),
-        ({"numpy_can_read": False}, Path.FUSED),
-        ({"weight_dropped": True}, Path.FUSED),
+        ({"steps": NUMPY_MIN_STEPS - 1}, Path.TORCH),
+        ({"rows": NUMPY_MAX_BATCH + 1}, Path.TORCH),
+        ({"numpy_can_read": False}, Path.TORCH),
+        ({"weight_dropped": True}, Path.TORCH),
     ],
 )
 def test_choose_path(change, expected):
