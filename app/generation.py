@@ -119,7 +119,7 @@ class Decoding:
     def _token_info(self, char: str, token: int, logits: torch.Tensor) -> TokenInfo:
         """The chosen character's log-probability (at temperature 1, as completion APIs report it) and the
         k most likely characters'."""
-        scores = log_probs(logits.reshape(-1))
+        scores = log_probs(logits)
         top = None
         if self.top_logprobs:
             values, indices = top_log_probs(scores, self.top_logprobs)

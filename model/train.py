@@ -32,11 +32,11 @@ from model.heap import keep_freed_memory
 from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.inference import generate, score, warm
 from model.lm import RNNLM, LMConfig
-from model.train_cli import TrainError, build_parser, parse_args, resumed_args
+from model.train_cli import TrainError, parse_args, resumed_args
 from model.vocab import Vocab
 from model.weights import save_weights
 
-__all__ = ["Run", "build_parser", "main", "parse_args", "train"]
+__all__ = ["Run", "main", "parse_args", "train"]
 
 SAMPLE_PREFIX = "\n"
 
