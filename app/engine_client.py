@@ -1,5 +1,5 @@
-"""The HTTP process's side of the engine: checks a request against the server's limits, sends it to the
-engine process, and hands the routes what comes back. Nothing here touches a tensor (nor imports torch).
+"""The HTTP process's side of the engine: sends a request to the engine process and hands the routes what
+comes back. Nothing here touches a tensor (nor imports torch).
 
 One Unix-domain socket connection per HTTP process, read by an asyncio protocol that routes every reply to
 its request by id. When the engine dies the connection closes: every request in flight ends at once with a
@@ -261,22 +261,13 @@ class EngineClient:
         if model not in (None, self.settings.model_id):
             raise ApiError(404, f"model {model!r} not found; this server serves {self.settings.model_id!r}", "model")
 
-    def check_chars(self, value: str | None, param: str) -> None:
-        if value is not None and len(value) > self.settings.max_text_chars:
+    def check_chars(self, value: str, param: str) -> None:
+        """A text the server wrote from a request (a chat's rendered messages) is within ``max_text_chars``; the
+        texts a request holds are bounded by its schema (app/limits.py)."""
+        if len(value) > self.settings.max_text_chars:
             raise ApiError(
                 422, f"{param} has {len(value):,} characters; the limit is {self.settings.max_text_chars:,}", param
             )
-
-    def check_tokens(self, n: int, param: str) -> None:
-        if n > self.settings.max_num_tokens:
-            raise ApiError(422, f"{param} is {n:,}; the limit is {self.settings.max_num_tokens:,}", param)
-
-    def check_stops(self, stops: list[str], param: str = "stop") -> list[str]:
-        if len(stops) > self.settings.max_stop_sequences:
-            raise ApiError(422, f"at most {self.settings.max_stop_sequences} stop sequences", param)
-        for s in stops:
-            self.check_chars(s, param)
-        return stops
 
     # -- the work -------------------------------------------------------------------------------------------
     async def generate(
@@ -289,7 +280,6 @@ class EngineClient:
         *,
         stream: bool = False,
         param_prefix: str = "prefix",
-        param_tokens: str = "num_tokens",
         receive: Receive | None = None,
         allow_empty: bool = False,
         min_tokens: int = 0,
@@ -307,9 +297,6 @@ class EngineClient:
         token of its final state."""
         if not prefix and not allow_empty and state is None:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
-        self.check_chars(prefix, param_prefix)
-        self.check_tokens(num_tokens, param_tokens)
-        self.check_stops(stops)
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
         body = p.GenerateRequest(
             prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream, min_tokens, state, return_state
@@ -331,8 +318,6 @@ class EngineClient:
     ) -> p.ScoreResult:
         """The score of ``text`` (after ``state``'s text and ``context``), with how many characters of both
         are outside the vocabulary and how many context characters came from the prefix cache."""
-        self.check_chars(text, "text")
-        self.check_chars(context, "context")
         if len(text) + (1 if context or state is not None else 0) < 2:
             raise ApiError(
                 422, "text is too short to score: give at least 2 characters, or 1 after a context or a state", "text"

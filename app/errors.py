@@ -70,21 +70,41 @@ def _param_from_loc(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+def _field(error: dict) -> str | None:
+    """The request's top-level field an error is about."""
+    return (_param_from_loc(tuple(error.get("loc", ()))) or "").split(".")[0] or None
+
+
+def _message(error: dict, param: str | None) -> str:
+    """One validation error in the project's words: over a server limit, it says the value and the limit."""
+    kind, ctx, value = error.get("type"), error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown field {param!r}"
+    if kind == "missing":
+        return f"field {param!r} is required"
+    if kind == "less_than_equal" and isinstance(value, (int, float)):
+        return f"{param} is {value:,}; the limit is {ctx['le']:,}"
+    if kind == "string_too_long" and isinstance(value, str):
+        return f"{param} has {len(value):,} characters; the limit is {ctx['max_length']:,}"
+    if kind == "too_long" and isinstance(value, list):
+        return f"{param} has {len(value):,} items; the limit is {ctx['max_length']:,}"
+    message = error.get("msg", "invalid request")
+    return f"{param}: {message}" if param else message
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"msg": "invalid request", "loc": (), "type": ""}
-    if first.get("type") == "json_invalid":
+    errors = exc.errors() or [{"msg": "invalid request", "loc": (), "type": ""}]
+    if errors[0].get("type") == "json_invalid":
         return error_response(400, "request body is not valid JSON")
+    # A value that fits none of a union's branches has an error from each; the branch of the value's type (its
+    # error is not a type mismatch: a text too long, say) names the problem, and the others are not counted.
+    fitting = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    first = (fitting or errors)[0]
     param = _param_from_loc(tuple(first.get("loc", ())))
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "extra_forbidden":
-        message = f"unknown field {param!r}"
-    elif first.get("type") == "missing":
-        message = f"field {param!r} is required"
-    elif param:
-        message = f"{param}: {message}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    message = _message(first, param)
+    others = {_field(e) for e in errors} - {_field(first)}
+    if others:
+        message += f" (and problems with {len(others)} more field{'s' if len(others) > 1 else ''})"
     return error_response(422, message, param)
 
 

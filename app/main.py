@@ -16,6 +16,7 @@ from app.chat import ChatTemplate
 from app.drain import Drain, DrainMiddleware
 from app.engine_client import EngineClient
 from app.errors import install_error_handlers
+from app.limits import request_bodies
 from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.routes import openai, ops, page, perplexity, predict, tokenizer
@@ -86,9 +87,12 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     app.state.drain = Drain(settings.drain_seconds)
     app.state.chat_template = ChatTemplate(settings.chat_template)
     install_error_handlers(app)
-    for module in (predict, perplexity, openai, tokenizer, ops, page):
-        app.include_router(module.router)
-    _document_limits(app, settings)
+    bodies = request_bodies(settings)  # this server's limits, as Field constraints
+    for module in (predict, perplexity, openai, tokenizer):
+        app.include_router(module.build_router(bodies))
+    app.include_router(ops.router)
+    app.include_router(page.router)
+    _document_token_ids_when_known(app)
 
     # Added innermost first: the last one added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -105,44 +109,19 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     return app
 
 
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Write this server's configured limits into its OpenAPI schema (maximum / maxLength / maxItems)."""
-    limits = {
-        "PredictRequest": {"num_tokens": settings.max_num_tokens, "prefix": settings.max_text_chars},
-        "PerplexityRequest": {"text": settings.max_text_chars, "context": settings.max_text_chars},
-        "CompletionRequest": {"max_tokens": settings.max_num_tokens, "prompt": settings.max_text_chars},
-        "ChatCompletionRequest": {
-            "max_tokens": settings.max_num_tokens,
-            "max_completion_tokens": settings.max_num_tokens,
-        },
-        "TokenizeRequest": {"prompt": settings.max_text_chars},
-    }
+def _document_token_ids_when_known(app: FastAPI) -> None:
+    """The vocabulary is the engine's: once it is ready, the schema bounds token ids by its size."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = build()
-        components = schema.get("components", {}).get("schemas", {})
-        for model, fields in limits.items():
-            props = components.get(model, {}).get("properties", {})
-            for name, limit in fields.items():
-                for spec in props.get(name, {}).get("anyOf", [props.get(name, {})]):
-                    if spec.get("type") == "integer":
-                        spec["maximum"] = limit
-                    elif spec.get("type") == "string":
-                        spec["maxLength"] = limit
-            stop = props.get("stop")
-            if stop is not None:
-                for spec in stop.get("anyOf", [stop]):
-                    if spec.get("type") == "array":
-                        spec["maxItems"] = settings.max_stop_sequences
-                        spec.setdefault("items", {})["maxLength"] = settings.max_text_chars
-                    elif spec.get("type") == "string":
-                        spec["maxLength"] = settings.max_text_chars
         engine = getattr(app.state, "engine", None)
-        if engine is not None and engine.ready:
-            _document_token_ids(components, len(engine.tokens))
+        schema = build()  # FastAPI caches it; a schema built before the engine was ready is rebuilt here
+        if engine is None or not engine.ready:
+            app.openapi_schema = None
+            return schema
+        _document_token_ids(schema.get("components", {}).get("schemas", {}), len(engine.tokens))
         app.openapi_schema = schema
         return schema
 

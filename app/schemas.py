@@ -1,6 +1,7 @@
 """Request and response bodies. Unknown fields are refused (422); numbers must be finite.
 
-Length limits that operators configure (``RNNLM_MAX_*``) are enforced by the engine and listed at /info.
+The limits operators configure (``RNNLM_MAX_*``) are added to these as Field constraints when the app is built
+(app/limits.py), and listed at /info.
 """
 
 from __future__ import annotations

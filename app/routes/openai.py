@@ -13,6 +13,7 @@ from app.chat import ChatTemplate
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation, TokenInfo
 from app.errors import ApiError
+from app.limits import RequestBodies, with_body
 from app.metrics import Metrics
 from app.schemas import (
     ChatCompletionRequest,
@@ -27,11 +28,29 @@ from app.schemas import (
 )
 from app.sse import event, stream_choices
 
-router = APIRouter(prefix="/v1", tags=["openai"])
 STARTED = int(time.time())
+STREAMED = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}
+}
 
 
-@router.get("/models", response_model=ModelList)
+def build_router(bodies: RequestBodies) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    router.add_api_route("/models", models, methods=["GET"], response_model=ModelList)
+    router.add_api_route(
+        "/completions",
+        with_body(completions, bodies.completion),
+        methods=["POST"],
+        response_model=CompletionResponse,
+        response_model_exclude_none=False,
+        responses=STREAMED,
+    )
+    router.add_api_route(
+        "/chat/completions", with_body(chat_completions, bodies.chat), methods=["POST"], responses=STREAMED
+    )
+    return router
+
+
 async def models(engine: EngineClient = Depends(get_engine)) -> ModelList:
     """The one model this server serves."""
     return ModelList(data=[ModelCard(id=engine.settings.model_id, created=STARTED)])
@@ -127,14 +146,6 @@ def _best(generations: list[Generation], n: int) -> list[Generation]:
     return [generations[i] for i in sorted(ranked)]
 
 
-@router.post(
-    "/completions",
-    response_model=CompletionResponse,
-    response_model_exclude_none=False,
-    responses={
-        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}
-    },
-)
 async def completions(
     body: CompletionRequest,
     request: Request,
@@ -168,7 +179,6 @@ async def completions(
             top,
             stream=body.stream and not ranking,
             param_prefix="prompt",
-            param_tokens="max_tokens",
             receive=request.receive,
             min_tokens=body.min_tokens,
             state=body.rnnlm_state,
@@ -177,8 +187,6 @@ async def completions(
         )
         return infos, (_best(generations, body.n) if ranking else generations)
 
-    for prompt in prompts:
-        engine.check_chars(prompt, "prompt")
     results = await asyncio.gather(*(one(prompt) for prompt in prompts))
     cached = sum(gs[0].cached_chars for _, gs in results if gs)  # each prompt's choices share its reading
 
@@ -285,12 +293,6 @@ def _chat_logprobs(infos: list[TokenInfo]) -> dict:
     }
 
 
-@router.post(
-    "/chat/completions",
-    responses={
-        200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: true OpenAI-style chunks"}
-    },
-)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
@@ -311,14 +313,10 @@ async def chat_completions(
         )
     template = request.app.state.chat_template
     prompt = render_messages(body.messages, template)
-    limit = engine.settings.max_num_tokens
-    for name in ("max_tokens", "max_completion_tokens"):
-        if getattr(body, name) is not None:
-            engine.check_tokens(getattr(body, name), name)
+    engine.check_chars(prompt, "messages")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if max_tokens is None:
-        max_tokens = min(100, limit)
+        max_tokens = min(100, engine.settings.max_num_tokens)
     stops = _stops(body.stop)
     k = (body.top_logprobs or 0) if body.logprobs else None
     generations = await engine.generate(
@@ -329,7 +327,6 @@ async def chat_completions(
         k,
         stream=body.stream,
         param_prefix="messages",
-        param_tokens=param,
         receive=request.receive,
         min_tokens=body.min_tokens,
         server_stops=[template.turn_end] if template.turn_end else [],

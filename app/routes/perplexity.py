@@ -8,13 +8,23 @@ from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient
+from app.limits import RequestBodies, with_body
 from app.metrics import Metrics
 from app.schemas import PerplexityRequest, PerplexityResponse
 
-router = APIRouter(tags=["scoring"])
+
+def build_router(bodies: RequestBodies) -> APIRouter:
+    router = APIRouter(tags=["scoring"])
+    router.add_api_route(
+        "/perplexity",
+        with_body(perplexity, bodies.perplexity),
+        methods=["POST"],
+        response_model=PerplexityResponse,
+        response_model_exclude_none=True,
+    )
+    return router
 
 
-@router.post("/perplexity", response_model=PerplexityResponse, response_model_exclude_none=True)
 async def perplexity(
     body: PerplexityRequest,
     request: Request,

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends, Request
 
 from app.deps import get_engine, get_metrics
 from app.engine_client import EngineClient, Generation
+from app.limits import RequestBodies, with_body
 from app.metrics import Metrics
 from app.schemas import PredictRequest, PredictResponse
 from app.sse import event, stream_generation
 
-router = APIRouter(tags=["generation"])
 DEFAULT_NUM_TOKENS = 100
 
 
@@ -28,17 +28,24 @@ def _response(g: Generation) -> PredictResponse:
     )
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    response_model_exclude_none=True,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "JSON, or with stream: true events `token` ({text}) and a final `result`",
-        }
-    },
-)
+def build_router(bodies: RequestBodies) -> APIRouter:
+    router = APIRouter(tags=["generation"])
+    router.add_api_route(
+        "/predict",
+        with_body(predict, bodies.predict),
+        methods=["POST"],
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "JSON, or with stream: true events `token` ({text}) and a final `result`",
+            }
+        },
+    )
+    return router
+
+
 async def predict(
     body: PredictRequest,
     request: Request,

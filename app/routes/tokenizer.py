@@ -14,14 +14,23 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import get_engine
 from app.engine_client import EngineClient
 from app.errors import ApiError
+from app.limits import RequestBodies, with_body
 from app.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from app.tokens import UNKNOWN_TEXT
 
-router = APIRouter(tags=["tokenizer"])
 BOS = "\n"
 
 
-@router.post("/tokenize", response_model=TokenizeResponse)
+def build_router(bodies: RequestBodies) -> APIRouter:
+    router = APIRouter(tags=["tokenizer"])
+    router.add_api_route(
+        "/tokenize", with_body(tokenize, bodies.tokenize), methods=["POST"], response_model=TokenizeResponse
+    )
+    router.add_api_route("/detokenize", detokenize, methods=["POST"], response_model=DetokenizeResponse)
+    router.add_api_route("/tokenizer_info", tokenizer_info, methods=["GET"])
+    return router
+
+
 async def tokenize(
     body: TokenizeRequest, request: Request, engine: EngineClient = Depends(get_engine)
 ) -> TokenizeResponse:
@@ -33,14 +42,13 @@ async def tokenize(
         from app.routes.openai import render_messages
 
         text = render_messages(body.messages, request.app.state.chat_template)
+        engine.check_chars(text, "messages")
     else:
-        text = body.prompt
-    engine.check_chars(text, "prompt")
+        text = body.prompt  # within max_text_chars: the schema says so
     tokens = engine.tokens.encode(text)
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=engine.settings.max_text_chars)
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, engine: EngineClient = Depends(get_engine)) -> DetokenizeResponse:
     """The text of token ids (id 0 as U+FFFD)."""
     engine.check_model(body.model)
@@ -50,7 +58,6 @@ async def detokenize(body: DetokenizeRequest, engine: EngineClient = Depends(get
         raise ApiError(422, f"tokens: {e}", "tokens") from None
 
 
-@router.get("/tokenizer_info")
 async def tokenizer_info(engine: EngineClient = Depends(get_engine)) -> dict:
     """What a client needs to tokenize as the server does."""
     vocab = engine.tokens.vocab
