@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.lm import RNNLM
-from model.train_cli import TrainError
+from model.train_error import TrainError
 from model.vocab import Vocab
 from model.weights import WeightsError, load_weights
 

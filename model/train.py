@@ -1,7 +1,9 @@
 """The training loop: ``python -m model.train --corpus FILE --out weights/my.safetensors`` (or ``rnnlm-train``).
 
-A :class:`Run` holds the data, model, optimiser and schedule; :func:`train` steps it, evaluates, keeps the best
-weights and checkpoints. The options: model/train_cli.py; the checkpoint and resume: model/checkpoint.py.
+:func:`train` reads top to bottom, as nanoGPT's train.py: the options (and a checkpoint's, on resume), the
+processes and device, the data, the model, optimiser and schedule, then the loop — a batch, the loss, BPTT,
+clipping by the global norm, an optimiser step — evaluating, keeping the best weights and checkpointing as it
+goes. The options: model/train_cli.py; the data: model/train_data.py; the checkpoint: model/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -24,209 +26,284 @@ from tqdm import tqdm
 
 from model.atomic import atomic_write
 from model.cells import State
-from model.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from model.checkpoint import Progress, load_checkpoint, restore_checkpoint, save_checkpoint
 from model.clipping import grad_clipping
-from model.data import CorpusError, batches_per_epoch, epoch_batches
-from model.distill import distillation_loss, load_teacher
+from model.data import CorpusError
+from model.distill import distillation_loss
 from model.heap import keep_freed_memory
-from model.id_file import EncodedCorpus, default_cache_dir, encode_corpus
 from model.inference import generate, score, warm
 from model.lm import RNNLM, LMConfig
-from model.train_cli import TrainError, parse_args, resumed_args
+from model.train_cli import parse_args, resumed_args
+from model.train_data import TrainingData, load_training_data
+from model.train_error import TrainError
 from model.vocab import Vocab
 from model.weights import save_weights
 
-__all__ = ["Run", "main", "parse_args", "train"]
+__all__ = ["main", "parse_args", "train"]
 
 SAMPLE_PREFIX = "\n"
+
+
+def train(args: argparse.Namespace) -> int:
+    # -- the options; on resume, the checkpoint's (those given now that may change win) -----------------------
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume:
+        args = resumed_args(args, resume["args"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()  # a step's large tensors reuse mapped pages (model/heap.py)
+
+    # -- processes and device ---------------------------------------------------------------------------------
+    rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
+    world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
+    main_rank = rank == 0
+    device = torch.device(_pick_device(args.device, rank))
+    out = Path(args.out)
+    ckpt_path = out.with_suffix(".ckpt")
+    metrics_path = out.with_suffix(".metrics.jsonl")
+    plot_path = out.with_suffix(".png")
+
+    # -- data -------------------------------------------------------------------------------------------------
+    data = load_training_data(args, Vocab.from_json(resume["vocab"]) if resume else None, device)
+    local_batch = args.batch_size // world
+    rows = slice(rank * local_batch, (rank + 1) * local_batch)  # this process's rows of every batch
+
+    # -- model, optimiser, schedule ---------------------------------------------------------------------------
+    torch.manual_seed(args.seed)
+    config = LMConfig(
+        cell=args.cell,
+        vocab_size=len(data.vocab),
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        dropout=args.dropout,
+        weight_drop=args.weight_drop,
+    )
+    model = RNNLM(config).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.SGD
+    optimizer = optimizer_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    total_steps = args.epochs * data.steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(args, step, total_steps))
+    progress = Progress()
+    if resume:
+        progress = restore_checkpoint(
+            resume, model=model, optimizer=optimizer, schedule=schedule, teacher_file=data.teacher_file
+        )
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            args=args,
+            vocab=data.vocab,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            progress=progress,
+            teacher_file=data.teacher_file,
+        )
+
+    def evaluate(train_losses: list[float], final: bool) -> None:
+        """Validation NLL, the metrics log, the best weights, a checkpoint and the plot (rank 0 only)."""
+        train_nll = sum(train_losses) / len(train_losses) if train_losses else float("nan")
+        val_nll = (
+            validation_nll(model, data.val_ids, None if final else args.eval_chars)
+            if len(data.val_ids) > 1
+            else train_nll
+        )
+        record = {
+            "step": progress.step,
+            "epoch": round(progress.step / data.steps_per_epoch, 3),
+            "tokens": progress.tokens_seen,
+            "wall_time_s": round(progress.wall_time, 1),
+            "lr": schedule.get_last_lr()[0],
+            "train_nll": train_nll,
+            "train_ppl": math.exp(train_nll) if train_losses else None,
+            "val_nll": val_nll,
+            "val_ppl": math.exp(val_nll),
+            "val_bpc": val_nll / math.log(2),
+        }
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.write(
+            f"step {progress.step:>6} | train ppl {math.exp(train_nll):7.3f} ({train_nll / math.log(2):.3f} bpc) | "
+            f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
+            f"sample: {sample(model, data.vocab, SAMPLE_PREFIX, args.sample_chars)!r}"
+        )
+        if val_nll < progress.best_val:
+            progress.best_val = val_nll
+            save_weights(out, model, data.vocab, training_metadata(args, data, progress, world, val_nll))
+        checkpoint()
+        if can_plot:
+            plot(metrics_path, plot_path)
+
+    # -- output files -----------------------------------------------------------------------------------------
+    if main_rank:
+        _check_writable(out.parent)
+        _remove_stale_temporaries(out.parent, (out, ckpt_path, plot_path))
+    can_plot = _can_plot()
+    limit = total_steps if args.max_steps is None else min(args.max_steps, total_steps)
+    if main_rank:
+        if not can_plot:
+            print(
+                f"note: matplotlib is not installed, so no {plot_path} is written (pip install -e '.[plot]')",
+                flush=True,
+            )
+        print(
+            f"{model.config} | {model.num_parameters():,} parameters | {len(data.train_ids):,} train / "
+            f"{len(data.val_ids):,} val chars | {data.steps_per_epoch} steps/epoch | {limit} steps | "
+            f"device {device} | {world} process(es)",
+            flush=True,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    stop = _Stop()
+    bar = tqdm(
+        total=limit,
+        initial=progress.step,
+        disable=not main_rank,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+    losses: list[float] = []
+    eval_every = min(args.eval_every, data.steps_per_epoch)  # at least once an epoch: a weight file early on
+    epoch, skip = divmod(progress.step, data.steps_per_epoch)  # a resumed run continues mid-epoch
+    last_time = time.perf_counter()
+    while progress.step < limit and stop.signum is None:
+        if skip == 0 and args.sampling == "sequential":
+            progress.carried = None  # a new epoch starts at a new offset: fresh states
+        for i, (X, Y, P) in enumerate(data.batches(args, epoch)):
+            if i < skip:
+                continue
+            # one optimiser step on this process's rows of the batch (ids may be uint8: memory-mapped)
+            X, Y = X[rows].to(device).long(), Y[rows].to(device).long()
+            state = None
+            if args.sampling == "sequential" and progress.carried is not None:
+                state = tuple(s[:, rows] for s in progress.carried)  # detached: BPTT stops at the batch
+            model.train()
+            logits, final = ddp(X, state)  # (b, T, V)
+            logits = logits.reshape(-1, logits.shape[-1])
+            if P is None:
+                loss = text_loss = F.cross_entropy(logits, Y.reshape(-1))
+            else:
+                teacher = data.teacher_logp[P[rows].reshape(-1).to(data.teacher_logp.device)].to(device)
+                loss, text_loss = distillation_loss(logits, Y.reshape(-1), teacher, args.distill)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_clipping(model.parameters(), args.clip)
+            optimizer.step()
+            schedule.step()
+            if args.sampling == "sequential":
+                progress.carried = _all_rows(tuple(f.detach() for f in final), world)
+            progress.step += 1
+            progress.tokens_seen += X.numel() * world
+            losses.append(text_loss.detach().item())
+
+            now = time.perf_counter()
+            progress.wall_time += now - last_time
+            last_time = now
+            bar.update(1)
+            if main_rank and progress.step % 10 == 0:
+                recent = sum(losses[-10:]) / len(losses[-10:])
+                bar.set_postfix(
+                    loss=f"{recent:.3f}",
+                    ppl=f"{math.exp(recent):.2f}",
+                    tok_s=f"{progress.tokens_seen / max(progress.wall_time, 1e-9):,.0f}",
+                    refresh=False,
+                )
+            if progress.step % eval_every == 0 or progress.step == limit:
+                if main_rank:
+                    evaluate(losses, final=progress.step == limit)
+                losses = []
+                last_time = time.perf_counter()
+            if progress.step >= limit or stop.signum is not None:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+
+    # -- the end ----------------------------------------------------------------------------------------------
+    bar.close()
+    stop.restore()
+    if main_rank:
+        checkpoint()
+        if stop.signum is not None:
+            print(
+                f"stopped by signal {stop.signum} at step {progress.step}; checkpoint {ckpt_path} "
+                f"(continue with --resume {ckpt_path})",
+                flush=True,
+            )
+        else:
+            print(
+                f"done: {progress.step} steps, best validation {progress.best_val:.4f} nats/char -> {out}", flush=True
+            )
+    return 128 + stop.signum if stop.signum is not None else 0
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 
-class Run:
-    """One training run: data, model, optimizer, schedule, position, best-so-far, and the files it writes."""
+def lr_factor(args: argparse.Namespace, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` as a fraction of ``--lr``: constant, or linear warm-up then cosine decay to
+    ``--min-lr-ratio``."""
+    if args.lr_schedule == "constant":
+        return 1.0
+    if step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def __init__(self, args: argparse.Namespace, resume: dict | None):
-        self.args = args
-        self.rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
-        self.world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
-        self.device = torch.device(_pick_device(args.device, self.rank))
-        self.out = Path(args.out)
-        self.ckpt_path = self.out.with_suffix(".ckpt")
-        self.metrics_path = self.out.with_suffix(".metrics.jsonl")
 
-        corpus = self._encoded_corpus(args, Vocab.from_json(resume["vocab"]) if resume else None)
-        self.vocab = corpus.vocab
-        ids = torch.from_numpy(corpus.ids)  # memory-mapped: only the pages a run reads come into memory
-        n = len(ids)
-        split = int(n * (1 - args.val_fraction))  # as nanoGPT: train = text[:int(n * 0.9)]
-        self.train_ids, self.val_ids = ids[:split], ids[split:]
-        self.corpus_files = corpus.files
-        self.corpus_cache = corpus.path
-        self.split = {
-            "val_fraction": args.val_fraction,
-            "train_chars": split,
-            "val_chars": n - split,
-            "val": "the last val_fraction of the corpus",
-        }
-        if args.batch_size % self.world:
-            raise TrainError(f"--batch-size {args.batch_size} is not divisible by the {self.world} processes")
-        self.steps_per_epoch = batches_per_epoch(len(self.train_ids), args.batch_size, args.time_step)
-        if self.steps_per_epoch < 1:
-            need = (args.batch_size + 1) * args.time_step
-            raise TrainError(
-                f"corpus too short: the training split has {len(self.train_ids)} characters, one batch "
-                f"needs about {need} (lower --batch-size or --time-step)"
-            )
-        if args.val_fraction > 0 and len(self.val_ids) < 2:
-            raise TrainError("corpus too short: the validation split has fewer than 2 characters")
+def _all_rows(final: State, world: int) -> State:
+    """Every process's rows of the final state, so that a checkpoint holds the whole batch's; it stays on the
+    device, moved to the CPU only when a checkpoint is written."""
+    if world == 1:
+        return final
+    parts = []
+    for s in final:
+        gathered = [torch.empty_like(s) for _ in range(world)]
+        torch_dist.all_gather(gathered, s.contiguous())
+        parts.append(torch.cat(gathered, dim=1))
+    return tuple(parts)
 
-        self.teacher_logp, self.teacher_file = None, None  # the teacher's table (model/distill.py), its file
-        if args.teacher:
-            self.teacher_logp, self.teacher_file = load_teacher(
-                args.teacher, self.vocab, self.train_ids, self.device, self.corpus_cache
-            )
-        torch.manual_seed(args.seed)
-        config = LMConfig(
-            cell=args.cell,
-            vocab_size=len(self.vocab),
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            dropout=args.dropout,
-            weight_drop=args.weight_drop,
+
+@torch.no_grad()
+def validation_nll(model: RNNLM, val_ids: torch.Tensor, max_chars: int | None) -> float:
+    """Mean NLL (nats/char) of the validation text read as one stream from a zero state."""
+    model.eval()
+    return score(model, val_ids if max_chars is None else val_ids[:max_chars]).nll
+
+
+@torch.no_grad()
+def sample(model: RNNLM, vocab: Vocab, prefix: str, n: int) -> str:
+    model.eval()
+    state, logits = warm(model, vocab.encode(prefix))
+    ids, _ = generate(model, state, logits, n)
+    return vocab.decode(ids)
+
+
+def training_metadata(
+    args: argparse.Namespace, data: TrainingData, progress: Progress, world: int, val_nll: float | None
+) -> dict:
+    """The weight file's ``training`` record: corpus, split, position, command, options, validation figures."""
+    meta = {
+        "corpus": data.corpus_files,
+        "split": data.split,
+        "steps": progress.step,
+        "epochs": round(progress.step / data.steps_per_epoch, 3),
+        "tokens_seen": progress.tokens_seen,
+        "wall_time_s": round(progress.wall_time, 1),
+        "command": " ".join(shlex.quote(a) for a in [*_program(), *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("given", "resume")},
+        "processes": world,
+    }
+    if data.teacher_file is not None:
+        meta["teacher"] = data.teacher_file
+    if val_nll is not None:
+        meta.update(
+            val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4), val_bpc=round(val_nll / math.log(2), 5)
         )
-        self.model = RNNLM(config).to(self.device)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        if args.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        self.total_steps = args.epochs * self.steps_per_epoch
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.local_batch = args.batch_size // self.world
-        self.step = 0
-        self.tokens_seen = 0
-        self.wall_time = 0.0
-        self.best_val = math.inf
-        self.carried: State | None = None  # sequential sampling: each row's state, (L, B, H) globally
-        self.plot_note_shown = False
-        if resume:
-            restore_checkpoint(self, resume)
-
-    def _encoded_corpus(self, args: argparse.Namespace, vocab: Vocab | None) -> EncodedCorpus:
-        """The corpus as a memory-mapped id file (model/id_file.py), encoded by rank 0 while the others wait."""
-        cache = args.cache_dir or default_cache_dir()
-        if self.world > 1 and self.rank != 0:
-            torch_dist.barrier()  # rank 0 encodes; then every rank finds the file unchanged
-        corpus = encode_corpus(args.corpus, cache, vocab, progress=self.rank == 0)
-        if self.world > 1 and self.rank == 0:
-            torch_dist.barrier()
-        return corpus
-
-    def batches(self, epoch: int):
-        """(X, Y, P) for every batch of an epoch: P holds the training-split positions of X (for the teacher)."""
-        args = self.args
-        pairs = epoch_batches(
-            self.train_ids,
-            args.batch_size,
-            args.time_step,
-            args.sampling,
-            args.seed,
-            epoch,
-            positions=self.teacher_logp is not None,
-        )
-        if self.teacher_logp is None:
-            return ((X, Y, None) for X, Y in pairs)
-        return pairs
-
-    # -- schedule -------------------------------------------------------------------------------------------
-    def _lr_factor(self, step: int) -> float:
-        args = self.args
-        if args.lr_schedule == "constant":
-            return 1.0
-        if step < args.warmup_steps:
-            return (step + 1) / args.warmup_steps
-        progress = min(1.0, (step - args.warmup_steps) / max(1, self.total_steps - args.warmup_steps))
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    # -- one step -------------------------------------------------------------------------------------------
-    def train_step(self, X: torch.Tensor, Y: torch.Tensor, P: torch.Tensor | None = None) -> float:
-        """One optimizer step on a batch; returns the cross-entropy on the text (the teacher's term aside)."""
-        rows = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        X, Y = X[rows].to(self.device).long(), Y[rows].to(self.device).long()  # ids may be uint8 (memory-mapped)
-        state = None
-        if self.args.sampling == "sequential" and self.carried is not None:
-            state = tuple(s[:, rows] for s in self.carried)  # detached: BPTT stops at the batch
-        self.model.train()
-        logits, final = self.ddp(X, state)  # (b, T, V)
-        logits = logits.reshape(-1, logits.shape[-1])
-        if P is None:
-            loss = text_loss = F.cross_entropy(logits, Y.reshape(-1))
-        else:
-            teacher = self.teacher_logp[P[rows].reshape(-1).to(self.teacher_logp.device)].to(self.device)
-            loss, text_loss = distillation_loss(logits, Y.reshape(-1), teacher, self.args.distill)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_clipping(self.model.parameters(), self.args.clip)
-        self.optimizer.step()
-        self.schedule.step()
-        if self.args.sampling == "sequential":
-            self._carry(tuple(f.detach() for f in final))
-        self.step += 1
-        self.tokens_seen += X.numel() * self.world
-        return text_loss.detach().item()
-
-    def _carry(self, final: State) -> None:
-        if self.world > 1:  # keep every rank's rows, so a checkpoint holds the whole batch's state
-            parts = []
-            for s in final:
-                gathered = [torch.empty_like(s) for _ in range(self.world)]
-                torch_dist.all_gather(gathered, s.contiguous())
-                parts.append(torch.cat(gathered, dim=1))
-            final = tuple(parts)
-        self.carried = final  # stays on the device; moved to the CPU only when a checkpoint is written
-
-    # -- evaluation -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def validation_nll(self, max_chars: int | None) -> float:
-        """Mean NLL (nats/char) of the validation text read as one stream from a zero state."""
-        ids = self.val_ids if max_chars is None else self.val_ids[:max_chars]
-        self.model.eval()
-        return score(self.model, ids).nll
-
-    @torch.no_grad()
-    def sample(self, prefix: str, n: int) -> str:
-        self.model.eval()
-        state, logits = warm(self.model, self.vocab.encode(prefix))
-        ids, _ = generate(self.model, state, logits, n)
-        return self.vocab.decode(ids)
-
-    # -- files ----------------------------------------------------------------------------------------------
-    def training_metadata(self, val_nll: float | None) -> dict:
-        meta = {
-            "corpus": self.corpus_files,
-            "split": self.split,
-            "steps": self.step,
-            "epochs": round(self.step / self.steps_per_epoch, 3),
-            "tokens_seen": self.tokens_seen,
-            "wall_time_s": round(self.wall_time, 1),
-            "command": " ".join(shlex.quote(a) for a in [*_program(), *sys.argv[1:]]),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "hyperparameters": {k: v for k, v in vars(self.args).items() if k not in ("given", "resume")},
-            "processes": self.world,
-        }
-        if self.teacher_file is not None:
-            meta["teacher"] = self.teacher_file
-        if val_nll is not None:
-            meta.update(
-                val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4), val_bpc=round(val_nll / math.log(2), 5)
-            )
-        return meta
-
-    def log_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    return meta
 
 
 def _program() -> list[str]:
@@ -277,133 +354,14 @@ class _Stop:
             signal.signal(sig, handler)
 
 
-def train(args: argparse.Namespace) -> int:
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(args.resume)
-        args = resumed_args(args, resume["args"])
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()  # a step's large tensors reuse mapped pages (model/heap.py)
-    run = Run(args, resume)
-    main_rank = run.rank == 0
-    if main_rank:
-        _check_writable(run.out.parent)
-        _remove_stale_temporaries(run.out.parent, (run.out, run.ckpt_path, run.out.with_suffix(".png")))
-    stop = _Stop()
-    limit = run.total_steps if args.max_steps is None else min(args.max_steps, run.total_steps)
-    if main_rank:
-        print(
-            f"{run.model.config} | {run.model.num_parameters():,} parameters | {len(run.train_ids):,} train / "
-            f"{len(run.val_ids):,} val chars | {run.steps_per_epoch} steps/epoch | {limit} steps | "
-            f"device {run.device} | {run.world} process(es)",
-            flush=True,
-        )
+def plot(metrics_path: Path, plot_path: Path) -> None:
+    """Training and validation NLL by step, from the metrics log, as a PNG (needs the ``[plot]`` extra)."""
+    import matplotlib
 
-    bar = tqdm(
-        total=limit,
-        initial=run.step,
-        disable=not main_rank,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
-    )
-    losses: list[float] = []
-    last_time = time.perf_counter()
-    epoch = run.step // run.steps_per_epoch
-    eval_every = min(args.eval_every, run.steps_per_epoch)  # at least once an epoch: a weight file early on
-    while run.step < limit and stop.signum is None:
-        skip = run.step - epoch * run.steps_per_epoch
-        if skip == 0 and run.args.sampling == "sequential":
-            run.carried = None  # a new epoch starts at a new offset: fresh states
-        for i, (X, Y, P) in enumerate(run.batches(epoch)):
-            if i < skip:
-                continue
-            losses.append(run.train_step(X, Y, P))
-            now = time.perf_counter()
-            run.wall_time += now - last_time
-            last_time = now
-            bar.update(1)
-            if main_rank and run.step % 10 == 0:
-                recent = sum(losses[-10:]) / len(losses[-10:])
-                bar.set_postfix(
-                    loss=f"{recent:.3f}",
-                    ppl=f"{math.exp(recent):.2f}",
-                    tok_s=f"{run.tokens_seen / max(run.wall_time, 1e-9):,.0f}",
-                    refresh=False,
-                )
-            if run.step % eval_every == 0 or run.step == limit:
-                evaluate(run, losses, bar, final=run.step == limit)
-                losses = []
-                last_time = time.perf_counter()
-            if run.step >= limit or stop.signum is not None:
-                break
-        else:
-            epoch += 1
-    bar.close()
-    stop.restore()
-    if main_rank:
-        save_checkpoint(run)
-        if stop.signum is not None:
-            print(
-                f"stopped by signal {stop.signum} at step {run.step}; checkpoint {run.ckpt_path} "
-                f"(continue with --resume {run.ckpt_path})",
-                flush=True,
-            )
-        else:
-            print(f"done: {run.step} steps, best validation {run.best_val:.4f} nats/char -> {run.out}", flush=True)
-    return 128 + stop.signum if stop.signum is not None else 0
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-
-def evaluate(run: Run, losses: list[float], bar: tqdm, final: bool) -> float | None:
-    """Validation NLL, metrics log, best weights, checkpoint and plot. Only rank 0 works here."""
-    if run.rank != 0:
-        return None
-    train_nll = sum(losses) / len(losses) if losses else float("nan")
-    val_nll = run.validation_nll(None if final else run.args.eval_chars) if len(run.val_ids) > 1 else train_nll
-    sample = run.sample(SAMPLE_PREFIX, run.args.sample_chars)
-    record = {
-        "step": run.step,
-        "epoch": round(run.step / run.steps_per_epoch, 3),
-        "tokens": run.tokens_seen,
-        "wall_time_s": round(run.wall_time, 1),
-        "lr": run.schedule.get_last_lr()[0],
-        "train_nll": train_nll,
-        "train_ppl": math.exp(train_nll) if losses else None,
-        "val_nll": val_nll,
-        "val_ppl": math.exp(val_nll),
-        "val_bpc": val_nll / math.log(2),
-    }
-    run.log_metrics(record)
-    bar.write(
-        f"step {run.step:>6} | train ppl {math.exp(train_nll):7.3f} ({train_nll / math.log(2):.3f} bpc) | "
-        f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
-        f"sample: {sample!r}"
-    )
-    if val_nll < run.best_val:
-        run.best_val = val_nll
-        save_weights(run.out, run.model, run.vocab, run.training_metadata(val_nll))
-    save_checkpoint(run)
-    _plot(run)
-    return val_nll
-
-
-def _plot(run: Run) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if not run.plot_note_shown:
-            print(
-                f"note: matplotlib is not installed, so no {run.out.with_suffix('.png')} is written "
-                "(pip install -e '.[plot]')",
-                flush=True,
-            )
-            run.plot_note_shown = True
-        return
-    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in records], [r["train_nll"] for r in records], label="train")
     ax.plot([r["step"] for r in records], [r["val_nll"] for r in records], label="validation")
@@ -411,8 +369,16 @@ def _plot(run: Run) -> None:
     ax.set_ylabel("nats / char")
     ax.legend()
     ax.grid(alpha=0.3)
-    atomic_write(run.out.with_suffix(".png"), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(plot_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def _can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import math
 
 from model.cells import CELLS
 
-__all__ = ["RESUMABLE", "TrainError", "build_parser", "parse_args", "resumed_args"]
+__all__ = ["RESUMABLE", "build_parser", "parse_args", "resumed_args"]
 
 TRAINER_DOC = """Offline trainer:
     python -m model.train --corpus FILE --out weights/my.safetensors   (or rnnlm-train)
@@ -20,10 +20,6 @@ Runs unchanged under ``torchrun --nproc_per_node=K -m model.train ...`` (DDP: gl
 
 # Options a resumed run may change; everything else comes from the checkpoint.
 RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir"}
-
-
-class TrainError(Exception):
-    """Bad input to the trainer: printed as one line, exit status 2."""
 
 
 def _positive_int(text: str) -> int:

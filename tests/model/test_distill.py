@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from model import RNNLM, LMConfig, load_weights
 from model.distill import distillation_loss, teacher_log_probs
-from model.train import Run, main, parse_args
+from model.train import main, parse_args
+from model.train_data import load_training_data
 from tests.model.test_train import REPETITIVE, train
 
 
@@ -74,11 +75,11 @@ def test_every_batch_carries_the_training_positions_of_its_tokens(tmp_path, samp
             "8",
         ]
     )
-    run = Run(args, None)
-    batches = list(run.batches(epoch=3))
-    assert len(batches) == run.steps_per_epoch
+    data = load_training_data(args, None, torch.device("cpu"))
+    batches = list(data.batches(args, epoch=3))
+    assert len(batches) == data.steps_per_epoch
     for X, Y, P in batches:
-        assert torch.equal(run.train_ids[P], X) and torch.equal(run.train_ids[P + 1], Y)
+        assert torch.equal(data.train_ids[P], X) and torch.equal(data.train_ids[P + 1], Y)
 
 
 def _corpus(tmp_path):
@@ -174,12 +175,13 @@ def test_a_teacher_table_over_the_memory_budget_is_a_memory_mapped_file_with_the
 
     teacher_path = train(tmp_path, _corpus(tmp_path), "teacher", "--max-steps", "2")
     argv = ["--corpus", str(tmp_path / "corpus.txt"), "--teacher", str(teacher_path), "--hidden", "8"]
-    in_memory = Run(parse_args(argv), None).teacher_logp
+    cpu = torch.device("cpu")
+    in_memory = load_training_data(parse_args(argv), None, cpu).teacher_logp
     monkeypatch.setattr(distill_module, "TEACHER_TABLE_IN_MEMORY", 0)
-    mapped = Run(parse_args(argv), None)
-    files = list(mapped.corpus_cache.parent.glob("*.teacher-*.f16"))
+    mapped = load_training_data(parse_args(argv), None, cpu)
+    files = list(mapped.id_file.parent.glob("*.teacher-*.f16"))
     assert len(files) == 1 and files[0].stat().st_size == in_memory.numel() * 2
     assert torch.equal(mapped.teacher_logp, in_memory)
     written = files[0].stat().st_mtime_ns
-    assert torch.equal(Run(parse_args(argv), None).teacher_logp, in_memory)
+    assert torch.equal(load_training_data(parse_args(argv), None, cpu).teacher_logp, in_memory)
     assert files[0].stat().st_mtime_ns == written  # found again, not written again
