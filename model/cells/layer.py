@@ -17,6 +17,7 @@ paths: a fused recurrence with a hand-written backward pass (BPTT), and a numpy 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -76,9 +77,16 @@ def choose_path(facts: PathFacts) -> Path:
 def tanh_from_sigmoid_(s: Tensor) -> Tensor:
     """TANH VIA SIGMOID: given ``s = σ(2z)``, writes ``tanh z = 2s − 1`` over it (within 2e-7 of ``tanh`` in
     float32). The fused forward passes compute every tanh this way, the doubling folded into the operation
-    before the sigmoid: torch's CPU ``tanh`` of a (64 × 512) block takes 54 µs here against 24 µs for the
-    sigmoid form, 200 µs against 55 µs at (256 × 512) (BENCHMARKS.md, training throughput)."""
-    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)
+    before the sigmoid, because torch's CPU ``tanh`` measured two to four times slower than ``sigmoid`` on the
+    trainer's blocks (BENCHMARKS.md, "One cell, one file")."""
+    return torch.add(_minus_one(s.dtype, s.device), s, alpha=2, out=s)
+
+
+@functools.cache
+def _minus_one(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The constant −1 of ``2s − 1``, made once per dtype and device (only ever read): making it at every call
+    cost about a microsecond, a fifth of the operation on a (64 × 512) block."""
+    return torch.tensor(-1.0, dtype=dtype, device=device)
 
 
 def recurrent_weight_grad(h0: Tensor, states: Tensor, grad_products: Tensor) -> Tensor:
