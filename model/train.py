@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> int:
         }
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        bar.write(
+        tqdm.write(
             f"step {progress.step:>6} | train ppl {math.exp(train_nll):7.3f} ({train_nll / math.log(2):.3f} bpc) | "
             f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
             f"sample: {sample(model, data.vocab, SAMPLE_PREFIX, args.sample_chars)!r}"
