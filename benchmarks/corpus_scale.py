@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="a checkout of the code before the id file, run beside it")
     parser.add_argument("--source", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
     args = parser.parse_args()
+    print_machine(2)
 
     import torch
 

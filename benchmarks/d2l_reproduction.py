@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
 
 from model import RNNLM, LMConfig, Vocab, grad_clipping
 
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--quiet", action="store_true", help="print only each seed's final figure")
     args = parser.parse_args()
+    print_machine(2)
     results = []
     for seed in args.seeds:
         start = time.perf_counter()

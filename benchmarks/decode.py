@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
 
 from model import generate, load_weights, warm
 from model.batch import BatchDecoder
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[8, 64], help="streams stepped together")
     parser.add_argument("--flush-denormal", action="store_true")
     args = parser.parse_args()
+    print_machine(args.threads)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(args.flush_denormal)
     w = load_weights(args.weights)

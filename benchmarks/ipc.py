@@ -26,6 +26,7 @@ import time
 
 import zmq
 import zmq.asyncio
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
 
 MESSAGE = pickle.dumps(
     {
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    print_machine(2)
     results: dict[str, list[tuple[float, float]]] = {"pyzmq ipc": [], "mp Pipe": [], "unix socket": []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):

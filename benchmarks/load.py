@@ -36,6 +36,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
+
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 LUA = r"""
@@ -211,6 +213,7 @@ def main() -> None:
     )
     parser.add_argument("--soak", type=float, default=0, help="instead: a soak of this many seconds at 64 clients")
     args = parser.parse_args()
+    print_machine(2)
     if shutil.which("wrk") is None:
         sys.exit("load.py: error: wrk is not installed (apt-get install wrk)")
     only = set(args.only.split(","))

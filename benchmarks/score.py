@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
+
 from model import load_weights, score  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 from tests.model.torch_reference import TorchReference  # noqa: E402
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-http", action="store_true", help="in-process figures only")
     args = parser.parse_args()
+    print_machine(args.threads)
     torch.set_num_threads(args.threads)
     w = load_weights(args.weights)
     corpus = Path(args.corpus).read_text(encoding="utf-8")

@@ -35,6 +35,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
+
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 SECRET = "benchmark secret"
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--reply", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print_machine(2)
 
     text = Path(args.corpus).read_text(encoding="utf-8")
     validation = text[int(len(text) * 0.9) :]

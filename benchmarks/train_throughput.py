@@ -14,6 +14,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import print_machine  # noqa: E402  (benchmarks/, the script folder, is on sys.path)
 from torch import nn
 
 from model import RNNLM, LMConfig, grad_clipping
@@ -89,6 +90,7 @@ def main() -> None:
         "torch.nn gains from it too); default: malloc as it comes",
     )
     args = parser.parse_args()
+    print_machine(args.threads)
     if args.heap == "trainer" and not keep_freed_memory():
         parser.error("--heap trainer: this C library has no mallopt")
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 A recurrence is a loop of small matmuls and element-wise operations — for one stream, (1 × H) @ (H × G·H) per
 character — and at that size what a call costs matters as much as its arithmetic, and numpy's calls cost less
-than torch's (the figures: BENCHMARKS.md, "The CPU loops in numpy"). So on the CPU, when no gradient is
+than torch's (the figures: BENCHMARKS.md, "Decoding in the engine"). So on the CPU, when no gradient is
 recorded, these loops run in numpy on arrays that share memory with the model's tensors (no copies);
 otherwise, and on other devices, the same math runs in torch (model/cells/).
 

@@ -4,7 +4,7 @@ A training step makes several (T, B, G·H) tensors afresh — gates, states, the
 LSTM at T = B = 64, H = 512. glibc's malloc serves blocks this large with ``mmap`` and unmaps them on free, so
 every step writes to fresh pages, which the kernel zeroes and maps a 4 KiB page at a time (~25k page faults, a
 quarter of an LSTM step on this project's VM). The trainer, which owns its process, asks malloc to serve every
-block from its heap and never hand the top of it back (BENCHMARKS.md, training throughput). torch keeps a
+block from its heap and never hand the top of it back (BENCHMARKS.md, "Training throughput"). torch keeps a
 caching allocator for CUDA, not for the CPU.
 """
 

@@ -62,7 +62,8 @@ class GRULayer(RecurrentLayer):
 def _gru_steps(xw: Tensor, w_hh: Tensor, b_hn: Tensor, h: Tensor) -> tuple[Tensor, State]:
     """Nothing to record: the equations a step at a time over the projected inputs ``xw`` (T, B, 3H). Each
     step's tensors are small and stay in cache; the recorded forward pass below writes (T, B, ·) buffers a
-    backward pass needs, which made a 64 × 256 pass without gradients 5–15 % slower (BENCHMARKS.md)."""
+    backward pass needs, which made a pass without gradients slower (BENCHMARKS.md, "Training throughput",
+    tried, not kept)."""
     hidden = h.shape[-1]
     outputs = []
     for xw_t in xw.unbind(0):

@@ -36,7 +36,7 @@ State = tuple[Tensor, ...]
 # Without a graph to record, a layer reads a sequence in numpy (model/cpu_step.py) if it is at least
 # NUMPY_MIN_STEPS long and at most NUMPY_MAX_BATCH wide: numpy's calls cost less than torch's for a few rows,
 # torch's two OpenMP threads share a wide batch's matmuls better, and a short call does not pay for switching
-# thread pools (BENCHMARKS.md, "The CPU loops in numpy").
+# thread pools (BENCHMARKS.md, "Decoding in the engine").
 NUMPY_MIN_STEPS = 16
 NUMPY_MAX_BATCH = 4
 
@@ -78,7 +78,7 @@ def tanh_from_sigmoid_(s: Tensor) -> Tensor:
     """TANH VIA SIGMOID: given ``s = σ(2z)``, writes ``tanh z = 2s − 1`` over it (within 2e-7 of ``tanh`` in
     float32). The fused forward passes compute every tanh this way, the doubling folded into the operation
     before the sigmoid, because torch's CPU ``tanh`` measured two to four times slower than ``sigmoid`` on the
-    trainer's blocks (BENCHMARKS.md, "One cell, one file")."""
+    trainer's blocks (BENCHMARKS.md, "Training throughput")."""
     return torch.add(_minus_one(s.dtype, s.device), s, alpha=2, out=s)
 
 
