@@ -1,5 +1,5 @@
 """Builds the FastAPI application: the HTTP side of the server. It never touches the model: the lifespan
-connects to the engine process (:mod:`app.engine_core`) — the one ``rnnlm-serve`` started, at
+connects to the engine process (:mod:`app.engine.core`) — the one ``rnnlm-serve`` started, at
 ``RNNLM_ENGINE_ADDRESS``, or else one of its own, started and supervised here."""
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(8, ge=0)
     batching: bool = Field(True, description="run concurrent requests together, step by step, in one batch")
     max_batch_size: int = Field(64, ge=1, description="most sequences generated together in one step")
+    cuda_graphs: bool = Field(
+        True,
+        description="on a CUDA device, replay the decoding step from CUDA graphs (one per batch size up to "
+        "max_batch_size)",
+    )
     max_queue: int = Field(256, ge=1, description="requests waiting for the batch; beyond this: 429")
     prefill_chars: int = Field(256, ge=1, description="longer uncached prompts are read in chunks before joining")
     chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")

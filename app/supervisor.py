@@ -38,7 +38,7 @@ class EngineStartError(Exception):
 
 def _context():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["app.engine_core"])
+    ctx.set_forkserver_preload(["app.engine.core"])
     return ctx
 
 
@@ -146,7 +146,7 @@ class EngineSupervisor:
 
 
 def _engine_main(settings: Settings, address: str, lifeline) -> None:
-    """In the engine process (the forkserver has imported app.engine_core, and with it torch, already)."""
-    from app.engine_core import main
+    """In the engine process (the forkserver has imported app.engine.core, and with it torch, already)."""
+    from app.engine.core import main
 
     main(settings, address, lifeline)

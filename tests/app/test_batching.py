@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.engine.prefix_cache import PrefixCache
 from app.main import create_app
-from app.prefix_cache import PrefixCache
 from model import load_weights, score, warm
 from model.inference import iter_tokens
 from model.sampling import Sampler

@@ -8,6 +8,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from model import load_weights
+from tests.conftest import assert_greedy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -35,4 +37,10 @@ def test_cuda_service_answers_as_the_cpu_service(settings):
     assert gpu[0] == cpu[0] and gpu[1] == cpu[1]
     assert gpu[2]["perplexity"] == pytest.approx(cpu[2]["perplexity"], rel=1e-5)
     assert gpu[2]["token_logprobs"] == pytest.approx(cpu[2]["token_logprobs"], abs=1e-4)
-    assert [r["completion"] for r in gpu[3]] == [r["completion"] for r in cpu[3]]
+    # Six rows stepped together: the GPU's matmuls (and a CUDA graph's padded batch) round differently from the
+    # CPU's, so where two characters tie within float error either may follow; each completion is checked
+    # against the model's forward pass on the CPU along its own history.
+    loaded = load_weights(settings.weights)
+    for body, g, c in zip(BATCH, gpu[3], cpu[3]):
+        assert len(g["completion"]) == len(c["completion"]) == body["num_tokens"]
+        assert_greedy(loaded, body["prefix"], g["completion"])

@@ -4,6 +4,7 @@ The HTTP side never imports torch; the engine dying ends every request in flight
 itself; SIGTERM drains; a client that goes away is cancelled in the engine; floating-point flags stay in the
 engine; an unusable device is one line and exit 2; no process outlives the server."""
 
+import ast
 import asyncio
 import json
 import os
@@ -47,6 +48,29 @@ def status_of(base: str, path: str) -> int:
         return httpx.get(f"{base}{path}", timeout=2).status_code
     except httpx.TransportError:
         return -1
+
+
+def test_app_engine_is_the_only_part_of_app_that_imports_torch():
+    """Read from the source: outside app/engine/, no module of app/ imports torch, numpy, the model package or
+    the engine — except the supervisor's entry point, which runs in the engine process."""
+    root = Path(__file__).resolve().parents[2] / "app"
+    heavy = {"torch", "numpy", "model"}
+    found = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "engine" or "engine" in path.relative_to(root).parts[:-1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in heavy or name == "app.engine" or name.startswith("app.engine."):
+                    found.append((path.relative_to(root).as_posix(), name))
+    assert found == [("supervisor.py", "app.engine.core")]
+    engine_sources = " ".join(p.read_text(encoding="utf-8") for p in (root / "engine").glob("*.py"))
+    assert "import torch" in engine_sources  # the check above looks at the right files
 
 
 def test_the_http_side_never_imports_torch():

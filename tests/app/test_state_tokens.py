@@ -18,9 +18,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.engine.state_tokens import HEADER, TAG_BYTES, VERSION, StateCodec, StateTokenError
 from app.main import create_app
 from app.settings import Settings
-from app.state_tokens import HEADER, TAG_BYTES, VERSION, StateCodec, StateTokenError
 from model import load_weights
 from tests.conftest import CORPUS, assert_error, assert_greedy, make_weights_file, start_server, stop_server
 

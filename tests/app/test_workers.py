@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from app.cpus import engine_blas_threads, usable_cpus
+from app.engine.cpus import engine_blas_threads, usable_cpus
 from model import load_weights
 from tests.app.test_batching import SHIPPED, post_all, prefixes
 from tests.app.test_predict import library_greedy

@@ -30,7 +30,7 @@ def test_each_row_of_a_batch_step_equals_its_sequence_alone(cell, layers):
     batch = BatchDecoder(model)
     for p in prefixes:
         batch.add(warm(model, p)[0])
-    got = torch.stack([batch.step(streams[:, t]) for t in range(15)], dim=1)  # (4, 15, V)
+    got = torch.stack([batch.step(streams[:, t]).clone() for t in range(15)], dim=1)  # (4, 15, V)
     for row, p in enumerate(prefixes):
         torch.testing.assert_close(got[row], alone(model, p, streams[row].tolist()), atol=1e-5, rtol=1e-5)
 
@@ -41,7 +41,7 @@ def test_one_row_is_bitwise_the_single_stream_step():
     batch = BatchDecoder(model)
     batch.add(state)
     tokens = [4, 5, 6, 7, 8]
-    got = torch.stack([batch.step(torch.tensor([t]))[0] for t in tokens])
+    got = torch.stack([batch.step(torch.tensor([t]))[0].clone() for t in tokens])
     assert torch.equal(got, alone(model, torch.tensor([1, 2, 3]), tokens))
 
 
@@ -55,13 +55,13 @@ def test_rows_join_and_leave_between_steps(cell):
     batch.add(warm(model, b)[0])
     out_a, out_b, out_c = [], [], []
     for t in range(3):  # a and b together
-        logits = batch.step(torch.tensor([ta[t], tb[t]]))
+        logits = batch.step(torch.tensor([ta[t], tb[t]])).clone()  # the step's logits are valid until the next
         out_a.append(logits[0])
         out_b.append(logits[1])
     batch.keep([1])  # a leaves
     batch.add(warm(model, c)[0])  # c joins
     for t in range(3):
-        logits = batch.step(torch.tensor([tb[3 + t], tc[t]]))
+        logits = batch.step(torch.tensor([tb[3 + t], tc[t]])).clone()
         out_b.append(logits[0])
         out_c.append(logits[1])
     assert len(batch) == 2

@@ -13,7 +13,7 @@ arrives.
 
 Requests wait in a bounded queue; a full queue refuses new work at once (the client answers 429).
 
-The scheduler has no thread of its own: the engine process's loop (:mod:`app.engine_core`) calls
+The scheduler has no thread of its own: the engine process's loop (:mod:`app.engine.core`) calls
 :meth:`Scheduler.run_once` whenever there is work, between reading new requests from its socket.
 """
 
@@ -22,30 +22,26 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from app.generation import Decoding
-from app.prefix_cache import PrefixCache
+from app.engine.jobs import GenerationJob, Job, QueueFull, TaskJob
+from app.engine.prefix_cache import PrefixCache
+from app.engine.rows import Row, RowTable
 from model import RNNLM, State
 from model.batch import BatchDecoder
 from model.decode import StepDecoder
 from model.inference import drain, iter_warm
-from model.sampling import greedy_choice
 
-__all__ = ["GenerationJob", "Job", "OneAtATime", "QueueFull", "Scheduler", "TaskJob", "prepare_model_thread"]
+__all__ = ["OneAtATime", "Scheduler", "prepare_model_thread"]
 
 logger = logging.getLogger("rnnlm")
 
 
 # Longest a turn spends on tasks (scoring, long prompts) while generating sequences wait for their next step.
 TASK_BUDGET_S = 0.005
-
-
-class QueueFull(Exception):
-    pass
 
 
 def prepare_model_thread(threads: int, flush_denormal: bool) -> None:
@@ -59,51 +55,6 @@ def prepare_model_thread(threads: int, flush_denormal: bool) -> None:
     torch.set_flush_denormal(flush_denormal)
 
 
-@dataclass(eq=False)
-class Job:
-    on_done: Callable[[object, BaseException | None], None]  # called once, from the scheduler thread
-    cancelled: bool = False
-    steps: Generator | None = None  # work done a chunk at a time: yields between chunks, returns the result
-
-    @property
-    def width(self) -> int:  # batch rows the job will occupy
-        return 0
-
-
-@dataclass(eq=False)
-class TaskJob(Job):
-    """Work done a chunk at a time (``steps``) whose result is the job's result: scoring."""
-
-
-@dataclass(eq=False)
-class GenerationJob(Job):
-    """A prompt, read once, then one batch row per decoding (OpenAI's ``n`` shares the prompt's state)."""
-
-    text: str = ""
-    ids: torch.Tensor | None = None  # the prompt's token ids
-    decodings: list[Decoding] = field(default_factory=list)
-    start: State | None = None  # the state to start from, after ids[:start_at] (None: zeros)
-    start_at: int = 0
-    start_logits: torch.Tensor | None = None  # with start_at == len(ids): the next token's scores
-    root: str = ""  # what the text is read after, for the prefix cache: "" (zeros) or a state token's name
-    want_state: bool = False  # keep each decoding's final state (the client asked for its token)
-
-    @property
-    def width(self) -> int:
-        return len(self.decodings)
-
-
-@dataclass(eq=False)
-class Row:
-    job: GenerationJob
-    decoding: Decoding | None  # None while reading the prompt (forced row)
-    forced: deque[int] = field(default_factory=deque)  # prompt tokens still to read
-
-    @property
-    def reading(self) -> bool:
-        return bool(self.forced)
-
-
 class Scheduler:
     def __init__(
         self,
@@ -114,6 +65,7 @@ class Scheduler:
         prefill_chars: int,
         chunk_chars: int,
         interrupt: Callable[[], bool] = lambda: False,
+        cuda_graphs: bool = True,
     ):
         self.model = model
         self.prefill_chars = prefill_chars
@@ -124,23 +76,34 @@ class Scheduler:
         # Called between a lone sequence's tokens: the engine reads waiting messages and sends due output;
         # True when new jobs arrived (the lone sequence then rejoins the batch).
         self.interrupt = interrupt
-        self.vocab_size = model.config.vocab_size
+        self._graph_rows = max_batch if cuda_graphs else 0
         self._pending: deque[Job] = deque()
         self._tasks: list[Job] = []  # scoring jobs and long-prompt warm-ups, advanced a chunk per turn
-        self._rows: list[Row] = []
-        self._decoder = BatchDecoder(model)
-        self._logits = torch.zeros(0, self.vocab_size, device=model.device)  # (rows, V)
+        self._decoder = BatchDecoder(model, capacity=min(max_batch, 64), graph_rows=self._graph_rows)
+        self._table = RowTable(min(max_batch, 64))
+        self._joining: list[tuple[Row, State, torch.Tensor | None, np.ndarray | None]] = []
+        self._cancelled = False  # a running job was cancelled: its rows leave at the next settling
         self.steps = 0  # batch steps run, and the rows they stepped in all (mean batch = rows_stepped / steps)
         self.rows_stepped = 0
+
+    @property
+    def graph_steps(self) -> int:
+        """Batch steps replayed from a CUDA graph."""
+        return self._decoder.steps_in_graphs
 
     def submit(self, job: Job) -> None:
         if len(self._pending) >= self.max_queue:
             raise QueueFull
         self._pending.append(job)
 
+    def cancel(self, job: Job) -> None:
+        """The client has gone: the job's rows leave at the next step, its task at its next chunk."""
+        job.cancelled = True
+        self._cancelled = True
+
     @property
     def busy(self) -> bool:
-        return bool(self._pending or self._tasks or self._rows)
+        return bool(self._pending or self._tasks or self._table.rows)
 
     @property
     def queued(self) -> int:
@@ -148,20 +111,23 @@ class Scheduler:
 
     @property
     def batch_rows(self) -> int:
-        return len(self._rows)
+        return len(self._table)
 
     def run_once(self) -> None:
         """One turn: admit queued jobs, advance every task a chunk, step the batch once (or run a lone
         sequence until something else needs the engine)."""
         admitted = self._admit()
         try:
-            alone = len(admitted) == 1 and not self._rows and not self._tasks
+            alone = len(admitted) == 1 and not self._table.rows and not self._tasks
             for job in admitted:
                 self._start(job, alone)
             self._advance_tasks()
+            self._flush_joins()
             if self._can_go_solo():
                 self._solo()
-            elif self._rows:
+            elif self._can_burst():
+                self._burst()
+            elif self._table.rows:
                 self._step()
         except Exception as error:  # a bug or a device failure: fail what is running, keep serving
             logger.exception("scheduler step failed")
@@ -169,7 +135,7 @@ class Scheduler:
 
     def _admit(self) -> list[Job]:
         """Take queued jobs while the batch has room (tasks take no rows, but at most max_batch at once)."""
-        busy = len(self._rows) + sum(j.width for j in self._tasks if isinstance(j, GenerationJob))
+        busy = len(self._table) + sum(j.width for j in self._tasks if isinstance(j, GenerationJob))
         out = []
         while self._pending:
             job = self._pending[0]
@@ -204,7 +170,7 @@ class Scheduler:
             job = self._tasks.pop(0)
             if not self._advance(job):
                 self._tasks.append(job)
-            if self._rows and time.perf_counter() > deadline:
+            if (self._table.rows or self._joining) and time.perf_counter() > deadline:
                 break
 
     def _advance(self, job: Job) -> bool:
@@ -228,60 +194,93 @@ class Scheduler:
             self._join(job, state, len(job.ids) - 1, None)
         return True
 
+    # -- rows join and leave in bulk ---------------------------------------------------------------------------
     def _join(self, job: GenerationJob, state: State, at: int, logits: torch.Tensor | None) -> None:
-        """Add the job's rows: one row reading ids[at:] (then forking into one per decoding), or — when the
-        whole prompt is already read — one generating row per decoding."""
+        """Queue the job's rows to join at the turn's end: one row reading ids[at:] (then forking into one per
+        decoding), or — when the whole prompt is already read — one generating row per decoding."""
         if state is None:
             state = self.model.init_state(1)
-        forced = job.ids[at:].tolist()
-        if forced:
-            self._add_row(Row(job, None, deque(forced)), state, None)
+        if at < len(job.ids):
+            self._joining.append((Row(job, None), state, None, job.ids[at:].numpy().astype(np.int64)))
             return
         for decoding in job.decodings:
             if decoding.done:
                 _keep_state(job, decoding, state)
                 continue
-            self._add_row(Row(job, decoding), state, logits)
+            self._joining.append((Row(job, decoding), state, logits, None))
         self._check_job_done(job)
 
-    def _add_row(self, row: Row, state: State, logits: torch.Tensor | None) -> None:
-        self._decoder.add(state)
-        new = torch.zeros(1, self.vocab_size, device=self._logits.device) if logits is None else logits.reshape(1, -1)
-        self._logits = torch.cat([self._logits, new.to(self._logits.device, self._logits.dtype)])
-        self._rows.append(row)
+    def _flush_joins(self) -> None:
+        """Every row queued to join, in one copy per state tensor."""
+        if not self._joining:
+            return
+        joining, self._joining = self._joining, []
+        rows = [j[0] for j in joining]
+        for row in rows:
+            row.job.rows += 1
+        self._decoder.add_many([j[1] for j in joining], [j[2] for j in joining])
+        self._table.add_many(rows, [j[3] for j in joining])
 
+    # -- a step -------------------------------------------------------------------------------------------------
     def _step(self) -> None:
-        rows, logits = self._rows, self._logits
+        table, decoder = self._table, self._decoder
         self.steps += 1
-        self.rows_stepped += len(rows)
-        # Plain numpy for the per-row bookkeeping: a torch call costs several times a numpy one at this size.
-        scores = logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
-        tokens = greedy_choice(scores)  # the model's greedy rule, on every row at once
-        changed = False  # a prompt read to its end, a sequence finished or a job cancelled: settle the batch
-        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            if row.job.cancelled:  # leaves at the settling below; what it reads now does not matter
-                changed = True
-            elif row.forced:
-                tokens[i] = row.forced.popleft()
-                changed = changed or not row.forced
-            else:
-                d = row.decoding
+        self.rows_stepped += len(table)
+        tokens = decoder.choices.copy()  # the greedy choice for every row: right for all but the rows below
+        settle = self._cancelled
+        sent = table.reading_rows  # rows whose token is not the greedy choice
+        if sent.size:
+            at = table.next_forced[sent]
+            tokens[sent] = table.pool[at]
+            at += 1
+            table.next_forced[sent] = at
+            settle = settle or bool((at == table.end_forced[sent]).any())
+        if table.per_row_rows.size:
+            logits, chosen = decoder.logits, []
+            for i in table.per_row_rows.tolist():
+                d = table.rows[i].decoding
                 if not d.greedy:
-                    tokens[i] = token = d.choose(logits[i])
-                if d.accept(token, logits[i] if d.top_logprobs is not None else None):
-                    changed = True
-        self._logits = self._decoder.step(torch.from_numpy(tokens))
-        if changed:  # most steps only advance every row: nothing to settle
-            self._settle(rows)
+                    tokens[i] = d.choose(logits[i])
+                    chosen.append(i)
+                if d.accept(int(tokens[i]), logits[i] if d.top_logprobs is not None else None):
+                    settle = True
+            if chosen:
+                sent = np.concatenate([sent, np.array(chosen, dtype=np.int64)])
+        if table.advance_plain(tokens):
+            settle = True
+        decoder.step(tokens, sent)
+        if settle:  # most steps only advance every row: nothing to settle
+            self._settle()
+
+    def _can_burst(self) -> bool:
+        """Every row plain greedy with a burst's tokens still to go, and nothing else waiting for the engine."""
+        table, k = self._table, self._decoder.burst_steps
+        n = len(table)
+        return (
+            k > 0
+            and table.plain_rows.size == n
+            and not self._pending
+            and not self._tasks
+            and not self._cancelled
+            and int(table.remaining[:n].min()) > k  # the burst ends none: the last token is read by a step
+        )
+
+    def _burst(self) -> None:
+        """k greedy steps in one launch (a CUDA graph): plain rows only, none ends inside."""
+        read = self._decoder.burst()
+        k = len(read)
+        self.steps += k
+        self.rows_stepped += k * len(self._table)
+        self._table.advance_plain_burst(read)
 
     def _can_go_solo(self) -> bool:
-        rows = self._rows
+        rows = self._table.rows
         return (
             len(rows) == 1
             and rows[0].decoding is not None
-            and not rows[0].forced
             and not self._tasks
             and not self._pending
+            and not self._joining
             and self._decoder.fast
         )
 
@@ -289,65 +288,89 @@ class Scheduler:
         """One generating sequence and nothing else to do: step it with the single-stream decoder (about half
         the per-token cost of a one-row batch step, and the same numbers) until it ends or other work
         arrives, then hand its state back to the batch."""
-        row = self._rows[0]
+        table, row = self._table, self._table.rows[0]
         d = row.decoding
+        table.to_decoding(0)
         decoder = StepDecoder(self.model, self._decoder.row_state(0), self._decoder.cpu_step)
         already = len(d.generated)
-        logits = d.run(decoder, self._logits[0], lambda: row.job.cancelled or self.interrupt())
+        logits = d.run(decoder, self._decoder.logits[0], lambda: row.job.cancelled or self.interrupt())
         steps = len(d.generated) - already
         self.steps += steps
         self.rows_stepped += steps
-        self._decoder.state = decoder.state
-        self._logits = logits.reshape(1, -1).clone()
-        self._settle(self._rows)
+        self._decoder.set_row_state(0, decoder.state, logits)
+        table.from_decoding(0)
+        if d.done or row.job.cancelled:
+            self._settle()
 
-    def _settle(self, rows: list[Row]) -> None:
+    def _settle(self) -> None:
         """After a step: finished prompts fork into their decodings, finished sequences leave (their final
-        state cached), cancelled jobs leave."""
-        keep: list[int] = []
-        forks: list[tuple[Row, State, torch.Tensor]] = []
+        state read once and cached), cancelled jobs leave."""
+        table, decoder = self._table, self._decoder
+        self._cancelled = False
+        n = len(table)
+        leave = np.zeros(n, dtype=bool)
         finished: set[GenerationJob] = set()
-        for i, row in enumerate(rows):
+        forks: list[tuple[Row, State, torch.Tensor | None, None]] = []
+        reading = table.reading_rows
+        read = reading[table.next_forced[reading] == table.end_forced[reading]]
+        plain = table.plain_rows
+        ended = plain[table.remaining[plain] == 0]
+        per_row = [i for i in table.per_row_rows.tolist() if table.rows[i].decoding.done]
+        for i, row in enumerate(table.rows):
+            if row.job.cancelled:
+                leave[i] = True
+                finished.add(row.job)
+        for i in read.tolist():
+            row = table.rows[i]
             job = row.job
-            if job.cancelled:
-                finished.add(job)
+            if leave[i]:
                 continue
-            if row.decoding is None:  # a prompt row
-                if row.reading:
-                    keep.append(i)
-                    continue
-                state, next_logits = self._decoder.row_state(i), self._logits[i].clone()
-                if self.cache is not None:
-                    self.cache.put(job.text, state, next_logits, job.root)
-                for d in job.decodings:
-                    if d.done:  # nothing to generate (num_tokens 0)
-                        _keep_state(job, d, state)
-                live = [d for d in job.decodings if not d.done]
-                if live:
-                    row.decoding = live[0]
-                    keep.append(i)
-                    forks += [(Row(job, d), state, next_logits) for d in live[1:]]
-                else:
-                    finished.add(job)
-            elif row.decoding.done:
-                state = self._decoder.row_state(i)
-                if self.cache is not None:
-                    self.cache.put(row.decoding.text_read, state, self._logits[i].clone(), job.root)
-                _keep_state(job, row.decoding, state)
-                finished.add(job)
+            state, next_logits = decoder.row_state(i), decoder.logits[i].clone()
+            if self.cache is not None:
+                self.cache.put(job.text, state, next_logits, job.root)
+            for d in job.decodings:
+                if d.done:  # nothing to generate (num_tokens 0)
+                    _keep_state(job, d, state)
+            live = [d for d in job.decodings if not d.done]
+            if live:
+                table.start_generating(i, live[0])
+                forks += [(Row(job, d), state, next_logits, None) for d in live[1:]]
             else:
-                keep.append(i)
-        if len(keep) != len(rows):  # keep is increasing, so equal lengths mean nobody left
-            self._rows = [rows[i] for i in keep]
-            self._decoder.keep(keep)
-            self._logits = self._logits[keep]
-        for row, state, next_logits in forks:
-            self._add_row(row, state, next_logits)
+                leave[i] = True
+                finished.add(job)
+        for i in ended.tolist():
+            if not leave[i]:
+                decoding = table.rows[i].decoding
+                decoding.finish(table.generated(i))
+                self._leave(i, decoding, leave, finished)
+        for i in per_row:
+            if not leave[i]:
+                self._leave(i, table.rows[i].decoding, leave, finished)
+        if leave.any():
+            keep = np.flatnonzero(~leave)
+            for i in np.flatnonzero(leave).tolist():
+                table.rows[i].job.rows -= 1
+            decoder.keep(keep)
+            table.keep(keep)
+        else:
+            table.find_kinds()
+        self._joining += forks
+        self._flush_joins()
         for job in finished:
             self._check_job_done(job)
 
+    def _leave(self, i: int, decoding, leave: np.ndarray, finished: set) -> None:
+        """A finished sequence: its state read once, cached and kept for its token; its row leaves."""
+        row = self._table.rows[i]
+        state = self._decoder.row_state(i)
+        if self.cache is not None:
+            self.cache.put(decoding.text_read, state, self._decoder.logits[i].clone(), row.job.root)
+        _keep_state(row.job, decoding, state)
+        leave[i] = True
+        finished.add(row.job)
+
     def _check_job_done(self, job: GenerationJob) -> None:
-        if (job.cancelled or all(d.done for d in job.decodings)) and not any(r.job is job for r in self._rows):
+        if (job.cancelled or all(d.done for d in job.decodings)) and job.rows == 0:
             self._finish(job, None, None)
 
     def _finish(self, job: Job, result, error: BaseException | None) -> None:
@@ -355,18 +378,21 @@ class Scheduler:
 
     def fail_all(self, error: BaseException, pending: bool = False) -> None:
         """End every running job (and, with ``pending``, every queued one) with ``error``."""
-        jobs = {row.job for row in self._rows} | set(self._tasks)
+        jobs = {row.job for row in self._table.rows} | set(self._tasks) | {j[0].job for j in self._joining}
         if pending:
             jobs |= set(self._pending)
             self._pending.clear()
-        self._rows, self._tasks = [], []
-        self._decoder = BatchDecoder(self.model)
-        self._logits = torch.zeros(0, self.vocab_size, device=self.model.device)
+        self._tasks, self._joining = [], []
+        try:
+            self._decoder.keep(np.zeros(0, dtype=np.int64))
+        except Exception:  # the device failed: start the batch afresh
+            self._decoder = BatchDecoder(self.model, capacity=min(self.max_batch, 64), graph_rows=self._graph_rows)
+        self._table = RowTable(min(self.max_batch, 64))
         for job in jobs:
             self._finish(job, None, error)
 
 
-def _keep_state(job: GenerationJob, decoding: Decoding, state: State) -> None:
+def _keep_state(job: GenerationJob, decoding, state: State) -> None:
     """A finished decoding's state after everything it read, when the client asked for it."""
     if job.want_state:
         decoding.final_state = state
@@ -395,6 +421,11 @@ class OneAtATime:
         self.batch_rows = 0
 
     submit = Scheduler.submit
+    graph_steps = 0
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+
     busy = property(lambda self: bool(self._pending))
     queued = property(lambda self: len(self._pending))
 

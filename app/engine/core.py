@@ -1,6 +1,6 @@
 """The engine process: the one place the model runs.
 
-It owns the model, the continuous batch (:class:`~app.scheduler.Scheduler`), the prefix cache, its OpenBLAS
+It owns the model, the continuous batch (:class:`~app.engine.scheduler.Scheduler`), the prefix cache, its OpenBLAS
 threads and its floating-point settings, and serves every HTTP process of the server on one Unix-domain
 socket (one connection per HTTP process; frames as :mod:`app.protocol` writes them). Its loop reads all
 waiting requests, runs one scheduler turn, then sends each HTTP process one frame with everything that turn
@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 import torch
 
 from app import protocol as p
-from app.cpus import BlasThreads, engine_blas_threads, limit_blas_threads, usable_cpus
-from app.generation import Decoding
-from app.prefix_cache import PrefixCache
-from app.scheduler import GenerationJob, OneAtATime, QueueFull, Scheduler, TaskJob, prepare_model_thread
+from app.engine.cpus import BlasThreads, engine_blas_threads, limit_blas_threads, usable_cpus
+from app.engine.generation import Decoding
+from app.engine.jobs import GenerationJob, QueueFull, TaskJob
+from app.engine.prefix_cache import PrefixCache
+from app.engine.scheduler import OneAtATime, Scheduler, prepare_model_thread
+from app.engine.state_tokens import VERSION as STATE_VERSION
+from app.engine.state_tokens import StateCodec, StateTokenError
 from app.settings import Settings
-from app.state_tokens import VERSION as STATE_VERSION
-from app.state_tokens import StateCodec, StateTokenError
 from model import Score, State, WeightsError, load_weights
 from model.inference import iter_score, iter_warm
 from model.sampling import Sampler
@@ -132,6 +133,7 @@ class EngineCore:
                 settings.prefill_chars,
                 settings.chunk_chars,
                 self._interrupt,
+                settings.cuda_graphs,
             )
         else:
             self.scheduler = OneAtATime(
@@ -229,7 +231,7 @@ class EngineCore:
         self._outbox.pop(conn, None)
         for (client, _), request in list(self._requests.items()):
             if client is conn:
-                request.job.cancelled = True
+                self.scheduler.cancel(request.job)
 
     def _write(self, conn: _Connection) -> None:
         try:
@@ -280,7 +282,7 @@ class EngineCore:
         elif kind == p.CANCEL:
             request = self._requests.get((client, rid))
             if request is not None:
-                request.job.cancelled = True
+                self.scheduler.cancel(request.job)
         elif self._draining_since is not None:
             raise _Refused(503, "the engine is shutting down")
         elif kind == p.GENERATE:

@@ -8,7 +8,7 @@ Lookups find the longest cached prefix without slicing the text once per cached 
 under their first ``HEAD`` characters and compared in place (``str.startswith``). Thread-safe.
 
 Every text is read from a *root*: ``""`` for the zero state, or a state token's name (see
-:mod:`app.state_tokens`) for a text read after the state the client sent, so continuations of a state token
+:mod:`app.engine.state_tokens`) for a text read after the state the client sent, so continuations of a state token
 seen before are found as plainly as continuations of a text.
 """
 

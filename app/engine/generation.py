@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from app.engine.stops import StopScanner
 from app.protocol import GenerationResult, TokenInfo
-from app.stops import StopScanner
 from model import Vocab
 from model.decode import StepDecoder
 from model.sampling import Sampler, log_probs, top_log_probs
@@ -108,6 +108,14 @@ class Decoding:
             if self.on_piece is not None:
                 self.on_piece(released, self.tokens[start : start + len(released)])
         return self.done
+
+    def finish(self, generated: list[int]) -> None:
+        """A plain sequence (greedy, nothing to do per token) that the batch generated in its arrays: every
+        token at once, decoded once."""
+        self.generated = generated
+        self.remaining = 0
+        self.completion = self.vocab.decode(generated)
+        self.done = True
 
     def result(self, cached_chars: int, unknown_chars: int) -> GenerationResult:
         """The result without its state token, which the engine seals from ``final_state``."""

@@ -1,0 +1,180 @@
+"""The batch's rows as arrays: what every running row still has to do, held so that a step of plain rows costs
+no Python per row (as vLLM's V1 keeps a persistent batch, ``vllm/v1/worker/gpu_input_batch.py``).
+
+Row i of these arrays is row i of the :class:`model.batch.BatchDecoder` beside them; both join and leave
+together. A row is one of three kinds, each stepped its own way by the scheduler:
+
+- **reading**: it reads the rest of its prompt, one forced id a step. The ids wait in one shared pool; the row's
+  next one is ``pool[next_forced[i]]``, the last ``pool[end_forced[i] - 1]``.
+- **plain**: greedy with nothing to do per token (no stop sequences, logprobs, streaming, penalties or bias):
+  its chosen ids go into ``history[slot[i], :count[i]]`` and ``remaining[i]`` counts down; its text is decoded
+  once, when it ends. A row keeps its history slot while it runs, so rows leaving move no history.
+- **per-row**: everything else — a :class:`~app.engine.generation.Decoding` chooses and accepts each token as it
+  always has (its own seeded generator, penalties, stops, logprobs, streaming), confined to its row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.engine.generation import Decoding
+from app.engine.jobs import GenerationJob
+
+__all__ = ["Row", "RowTable"]
+
+
+@dataclass(eq=False)
+class Row:
+    job: GenerationJob
+    decoding: Decoding | None  # None while reading the prompt
+
+
+class RowTable:
+    def __init__(self, capacity: int = 8):
+        self.rows: list[Row] = []
+        self.pool = np.zeros(0, dtype=np.int64)  # forced prompt ids of the reading rows, back to back
+        self._pool_used = 0
+        self._capacity = 0
+        self.reading = np.zeros(0, dtype=bool)
+        self.plain = np.zeros(0, dtype=bool)
+        self.next_forced = np.zeros(0, dtype=np.int64)
+        self.end_forced = np.zeros(0, dtype=np.int64)
+        self.remaining = np.zeros(0, dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.slot = np.zeros(0, dtype=np.int64)
+        self.history = np.zeros((0, 64), dtype=np.int32)  # (slots, width)
+        self._free_slots: list[int] = []
+        self._longest = 0  # at least the most ids any plain row has in history
+        self._grow(capacity)
+        # the rows of each kind, found again only when rows change (not per step)
+        self.reading_rows = np.zeros(0, dtype=np.int64)
+        self.plain_rows = np.zeros(0, dtype=np.int64)
+        self.per_row_rows = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    _ARRAYS = ("reading", "plain", "next_forced", "end_forced", "remaining", "count", "slot")
+
+    def _grow(self, capacity: int) -> None:
+        for name in self._ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+        history = np.zeros((capacity, self.history.shape[1]), dtype=np.int32)
+        history[: len(self.history)] = self.history
+        self._free_slots += range(len(self.history), capacity)
+        self.history = history
+        self._capacity = capacity
+
+    def _widen_history(self, width: int) -> None:
+        if width > self.history.shape[1]:
+            wider = np.zeros((len(self.history), max(width, 2 * self.history.shape[1])), dtype=np.int32)
+            wider[:, : self.history.shape[1]] = self.history
+            self.history = wider
+
+    def add_many(self, rows: list[Row], forced: list[np.ndarray | None]) -> None:
+        """Append rows: each reading ``forced`` ids (a prompt row) or, with None, generating its decoding."""
+        first = len(self.rows)
+        end = first + len(rows)
+        if end > self._capacity:
+            self._grow(max(2 * end, 8))
+        if not self.reading[:first].any():
+            self._pool_used = 0  # nobody reads from the pool: start it again
+        self.rows.extend(rows)
+        for i, (row, ids) in enumerate(zip(rows, forced), start=first):
+            self.slot[i] = self._free_slots.pop()
+            if ids is not None:
+                self._add_forced(i, ids)
+            else:
+                self.start_generating(i, row.decoding)
+        self.find_kinds()
+
+    def _add_forced(self, i: int, ids: np.ndarray) -> None:
+        start, end = self._pool_used, self._pool_used + len(ids)
+        if end > len(self.pool):
+            pool = np.zeros(max(2 * end, 1024), dtype=np.int64)
+            pool[: self._pool_used] = self.pool[: self._pool_used]
+            self.pool = pool
+        self.pool[start:end] = ids
+        self._pool_used = end
+        self.reading[i], self.plain[i] = True, False
+        self.next_forced[i], self.end_forced[i] = start, end
+
+    def start_generating(self, i: int, decoding: Decoding) -> None:
+        """Row ``i`` generates ``decoding`` from now on."""
+        self.rows[i].decoding = decoding
+        self.reading[i] = False
+        self.plain[i] = decoding.greedy and decoding.plain
+        if self.plain[i]:
+            self.remaining[i], self.count[i] = decoding.remaining, 0
+
+    def find_kinds(self) -> None:
+        """Find the rows of each kind again (after rows joined, left or changed kind)."""
+        n = len(self.rows)
+        reading, plain = self.reading[:n], self.plain[:n]
+        self.reading_rows = np.flatnonzero(reading)
+        self.plain_rows = np.flatnonzero(plain)
+        self.per_row_rows = np.flatnonzero(~(reading | plain))
+
+    def advance_plain(self, tokens: np.ndarray) -> bool:
+        """Record every plain row's chosen id (``tokens`` holds one per row) and count down; True when one of
+        them has ended."""
+        rows = self.plain_rows
+        if not rows.size:
+            return False
+        if self._longest >= self.history.shape[1]:
+            self._widen_history(self._longest + 1)
+        count = self.count[rows]
+        self.history[self.slot[rows], count] = tokens[rows]
+        self.count[rows] = count + 1
+        self._longest += 1
+        left = self.remaining[rows] - 1
+        self.remaining[rows] = left
+        return not left.all()
+
+    def advance_plain_burst(self, read: np.ndarray) -> None:
+        """Every row is plain and has read ``read[j, i]`` at step j of a burst (k, n): record and count down k."""
+        k, n = read.shape
+        if self._longest + k >= self.history.shape[1]:
+            self._widen_history(self._longest + k + 1)
+        columns = self.count[:n, None] + np.arange(k)  # (n, k)
+        self.history[self.slot[:n, None], columns] = read.T
+        self.count[:n] += k
+        self.remaining[:n] -= k
+        self._longest += k
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only these rows (increasing indices): the others leave."""
+        m, n = len(keep), len(self.rows)
+        leaving = np.ones(n, dtype=bool)
+        leaving[keep] = False
+        self._free_slots += self.slot[:n][leaving].tolist()
+        for name in self._ARRAYS:
+            array = getattr(self, name)
+            array[:m] = array[keep]
+        self.rows = [self.rows[i] for i in keep.tolist()]
+        self._longest = int(self.count[:m][self.plain[:m]].max(initial=0))
+        self.find_kinds()
+
+    def generated(self, i: int) -> list[int]:
+        """A plain row's generated ids so far."""
+        return self.history[self.slot[i], : self.count[i]].tolist()
+
+    def to_decoding(self, i: int) -> None:
+        """Hand a plain row's progress to its decoding (which then runs it a token at a time, alone)."""
+        if self.plain[i]:
+            d = self.rows[i].decoding
+            d.generated, d.remaining = self.generated(i), int(self.remaining[i])
+
+    def from_decoding(self, i: int) -> None:
+        """Take a plain row's progress back from its decoding."""
+        if self.plain[i]:
+            d = self.rows[i].decoding
+            self._widen_history(len(d.generated) + 1)
+            self.history[self.slot[i], : len(d.generated)] = d.generated
+            self.count[i], self.remaining[i] = len(d.generated), d.remaining
+            self._longest = max(self._longest, len(d.generated))
