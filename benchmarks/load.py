@@ -5,13 +5,16 @@ Lua script that POSTs /predict bodies whose prefixes are drawn at random from th
 
 Lines, each measured in this one run (so ratios between them hold while the machine's speed drifts):
 - ``engine in process``: the engine alone, no HTTP or IPC — one request at a time through
-  :class:`app.engine_core.EngineCore` (the time to beat for 1 client);
-- the default server at 1 and 64 clients, N tokens, greedy; streaming at 64 clients;
+  :class:`app.engine.core.EngineCore` (the time to beat for 1 client), and for each client count above 1,
+  that many requests submitted at once (the time to beat for that many clients);
+- the default server at each ``--clients`` count (1 and 64 unless told), N tokens, greedy; streaming at 64
+  clients;
 - a 0-token request (warm only) with an uncached prefix of 1, 10, 50 and 200 characters, 1 client;
 - ``RNNLM_WORKERS=2`` at 64 clients; the gated GRU (``--gated``) at 1 and 64 clients;
 - ``notebook loop``: a server running the notebook's predict loop per request (benchmarks/notebook_server.py).
 
     python benchmarks/load.py [--seconds 10] [--tokens 200] [--only default,workers,gated,notebook,zero]
+                              [--device cuda] [--clients 1 64 512] [--http-workers 8]
     python benchmarks/load.py --soak 300   # 5 minutes at 64 clients: errors, RSS growth, same greedy outputs
 
 Needs ``wrk`` on the PATH (``apt-get install wrk``).
@@ -115,20 +118,31 @@ def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, 
     }
 
 
-def engine_in_process(weights: str, prefixes: list[str], tokens: int, repeats: int) -> float:
-    """Median ms for one request (uncached prefix, ``tokens`` greedy) through the engine alone."""
+def engine_in_process(
+    weights: str, prefixes: list[str], tokens: int, repeats: int, rows: int = 1, device: str = "cpu"
+) -> float:
+    """Median ms for ``rows`` requests submitted at once (uncached prefixes, ``tokens`` greedy each) through the
+    engine alone, until the last one ends."""
     from app import protocol as p
-    from app.engine_core import EngineCore, _Connection, _Request
+    from app.engine.core import EngineCore, _Connection, _Request
     from app.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        core = EngineCore(Settings(weights=weights, prefix_cache_entries=0), f"{tmp}/engine.sock")
+        settings = Settings(
+            weights=weights,
+            prefix_cache_entries=0,
+            device=device,
+            max_batch_size=max(rows, 64),
+            max_queue=max(rows, 256),
+        )
+        core = EngineCore(settings, f"{tmp}/engine.sock")
         times = []
         bench = _Connection(None)
         for i in range(repeats):
-            body = p.GenerateRequest(prefixes[i % len(prefixes)], tokens, [{"temperature": 0.0}])
             start = time.perf_counter()
-            core._submit(_Request(bench, i, None), core._generation_job, body)
+            for j in range(rows):
+                body = p.GenerateRequest(prefixes[(i * rows + j) % len(prefixes)], tokens, [{"temperature": 0.0}])
+                core._submit(_Request(bench, i * rows + j, None), core._generation_job, body)
             while core.scheduler.busy:
                 core.scheduler.run_once()
             times.append(time.perf_counter() - start)
@@ -212,8 +226,11 @@ def main() -> None:
         "--only", default="default,zero,workers,gated,notebook", help="comma-separated parts to run (default: all)"
     )
     parser.add_argument("--soak", type=float, default=0, help="instead: a soak of this many seconds at 64 clients")
+    parser.add_argument("--device", default="cpu", help="RNNLM_DEVICE for the servers and the in-process engine")
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 64], help="client counts for the default server")
+    parser.add_argument("--http-workers", type=int, default=1, help="RNNLM_WORKERS for the default server")
     args = parser.parse_args()
-    print_machine(2)
+    print_machine(2, args.device)
     if shutil.which("wrk") is None:
         sys.exit("load.py: error: wrk is not installed (apt-get install wrk)")
     only = set(args.only.split(","))
@@ -243,21 +260,34 @@ def main() -> None:
             print(line(name, clients, tokens, r), flush=True)
             return r
 
+        most = max(64, *args.clients)
+        env = {"RNNLM_DEVICE": args.device, "RNNLM_MAX_BATCH_SIZE": str(most), "RNNLM_MAX_QUEUE": str(max(256, most))}
+        in_process: dict[int, float] = {}  # rows -> tok/s of the engine alone
         if "default" in only:
-            sample = [json.loads(x) for x in prefixes.read_text().splitlines()[:400]]
-            engine_ms = engine_in_process(args.weights, sample, args.tokens, 200)
+            sample = [json.loads(x) for x in prefixes.read_text().splitlines()[:4000]]
+            engine_ms = engine_in_process(args.weights, sample, args.tokens, 200, device=args.device)
             print(
                 f"{'engine in process':<22}   1 request : {engine_ms:.2f} ms median "
                 f"({args.prefix_chars}-char uncached prefix, {args.tokens} tokens)",
                 flush=True,
             )
-        base, proc = start_server(args.weights, tmp / "default.log")
+            for rows in args.clients:
+                if rows > 1:
+                    ms = engine_in_process(args.weights, sample, args.tokens, 7, rows, args.device)
+                    in_process[rows] = rows * args.tokens / ms * 1000
+                    print(f"{'engine in process':<22} {rows:>3} requests at once: {in_process[rows]:>9,.0f} tok/s")
+        base, proc = start_server(args.weights, tmp / "default.log", RNNLM_WORKERS=str(args.http_workers), **env)
         try:
             if "default" in only:
-                one = measure("default", base, 1)
-                measure("default", base, 64)
-                measure("default, streaming", base, 64, tail + ', "stream": true')
-                print(f"  1 client p50 / engine in process = {one['p50'] / engine_ms:.2f}x")
+                for clients in args.clients:
+                    r = measure("default", base, clients)
+                    if clients == 1:
+                        print(f"  1 client p50 / engine in process = {r['p50'] / engine_ms:.2f}x")
+                    elif clients in in_process:
+                        served = r["req/s"] * args.tokens
+                        print(f"  {clients} clients served / engine in process = {served / in_process[clients]:.2f}")
+                if 64 in args.clients:
+                    measure("default, streaming", base, 64, tail + ', "stream": true')
             if "zero" in only:
                 for n in (1, 10, 50, 200):
                     files = tmp / f"prefixes{n}.txt"
@@ -266,13 +296,13 @@ def main() -> None:
         finally:
             stop_server(proc)
         if "workers" in only:
-            base, proc = start_server(args.weights, tmp / "workers.log", RNNLM_WORKERS="2")
+            base, proc = start_server(args.weights, tmp / "workers.log", **{**env, "RNNLM_WORKERS": "2"})
             try:
                 measure("RNNLM_WORKERS=2", base, 64)
             finally:
                 stop_server(proc)
         if "gated" in only:
-            base, proc = start_server(args.gated, tmp / "gated.log")
+            base, proc = start_server(args.gated, tmp / "gated.log", **env)
             try:
                 measure("gated GRU 2x512", base, 1)
                 measure("gated GRU 2x512", base, 64)
