@@ -119,22 +119,19 @@ class BatchDecoder:
         first, k = self.n, len(states)
         end = first + k
         if end > self._capacity:
-            if self._on_graph or end > 2 * self._capacity:
-                self._allocate(max(2 * end, 8))
-            else:
-                self._allocate(2 * self._capacity)
+            self._allocate(max(2 * end, 8))
         device = self.model.device
         for j, mine in enumerate(self._state):
             parts = torch.cat([s[j] for s in states], dim=1)  # (L, k, H): one copy in for all that join
             mine[:, first:end].copy_(parts)
         given = [i for i, x in enumerate(logits) if x is not None]
         self._logits[first:end].zero_()
+        self._choices[first:end] = 1  # a row without logits reads a forced id next: its choice is never used
         if given:
             rows = torch.stack([logits[i].reshape(-1) for i in given]).to(device, self._logits.dtype)
             index = torch.tensor(given, device=device) + first
             self._logits.index_copy_(0, index, rows)
             self._choices[first + np.array(given)] = greedy_choice(rows.cpu().numpy())
-        self._choices[first:end][[i for i in range(k) if logits[i] is None]] = 1
         if self._on_graph:  # the new rows' next inputs on the device: their choices, as a step feeds them back
             self.graph.tokens[first:end].copy_(torch.from_numpy(self._choices[first:end]))
         self.n = end

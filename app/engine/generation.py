@@ -88,8 +88,7 @@ class Decoding:
             self.seen[token] = True
         if self.plain:
             if self.remaining <= 0:
-                self.completion = self.vocab.decode(self.generated)
-                self.done = True
+                self.finish(self.generated)
             return self.done
         char = self.vocab.tokens[token]
         if self.top_logprobs is not None:

@@ -1,13 +1,15 @@
 """Continuous batching: one thread owns the model and runs every request's work together, step by step.
 
 Each step reads one token for every sequence in the batch with one batched matmul per layer
-(:class:`model.batch.BatchDecoder`). A sequence first reads the uncached rest of its prompt (teacher-forced
-rows: the next prompt character is its input, and its logits are ignored until the prompt is read), then
-generates; sequences join and leave between steps. A prompt whose uncached part is longer than
-``prefill_chars``, or any prompt arriving at an idle server, reads all but its last character as a *task* —
-chunks of the model's own sequence forward pass, the fastest way to read one text — and so does scoring
-(/perplexity). Each loop turn advances every task by one chunk and the batch by one step, so a long scoring
-job never stalls generation for long. A lone generating sequence with nothing else to do steps with the
+(:class:`model.batch.BatchDecoder`). A sequence first reads the uncached rest of its prompt (teacher-forced rows:
+the next prompt character is its input, and its logits are ignored until the prompt is read), then generates;
+sequences join and leave between steps, all that join or leave in a turn at once. Every row's bookkeeping lives in
+arrays (:mod:`app.engine.rows`), so plain greedy rows cost no Python per step; on CUDA, when every row is plain
+greedy and nothing else waits, a turn runs a burst of steps in one CUDA graph. A prompt whose uncached part is
+longer than ``prefill_chars``, or any prompt arriving at an idle server, reads all but its last character as a
+*task* — chunks of the model's own sequence forward pass, the fastest way to read one text — and so does scoring
+(/perplexity). Each loop turn advances every task by one chunk and the batch by one step (or one burst), so a long
+scoring job never stalls generation for long. A lone generating sequence with nothing else to do steps with the
 single-stream decoder (:class:`model.decode.StepDecoder`, the same numbers at half the cost) until other work
 arrives.
 
@@ -79,12 +81,15 @@ class Scheduler:
         self._graph_rows = max_batch if cuda_graphs else 0
         self._pending: deque[Job] = deque()
         self._tasks: list[Job] = []  # scoring jobs and long-prompt warm-ups, advanced a chunk per turn
-        self._decoder = BatchDecoder(model, capacity=min(max_batch, 64), graph_rows=self._graph_rows)
+        self._decoder = self._new_batch()
         self._table = RowTable(min(max_batch, 64))
         self._joining: list[tuple[Row, State, torch.Tensor | None, np.ndarray | None]] = []
         self._cancelled = False  # a running job was cancelled: its rows leave at the next settling
         self.steps = 0  # batch steps run, and the rows they stepped in all (mean batch = rows_stepped / steps)
         self.rows_stepped = 0
+
+    def _new_batch(self) -> BatchDecoder:
+        return BatchDecoder(self.model, capacity=min(self.max_batch, 64), graph_rows=self._graph_rows)
 
     @property
     def graph_steps(self) -> int:
@@ -306,7 +311,7 @@ class Scheduler:
         """After a step: finished prompts fork into their decodings, finished sequences leave (their final
         state read once and cached), cancelled jobs leave."""
         table, decoder = self._table, self._decoder
-        self._cancelled = False
+        cancelled, self._cancelled = self._cancelled, False
         n = len(table)
         leave = np.zeros(n, dtype=bool)
         finished: set[GenerationJob] = set()
@@ -316,10 +321,11 @@ class Scheduler:
         plain = table.plain_rows
         ended = plain[table.remaining[plain] == 0]
         per_row = [i for i in table.per_row_rows.tolist() if table.rows[i].decoding.done]
-        for i, row in enumerate(table.rows):
-            if row.job.cancelled:
-                leave[i] = True
-                finished.add(row.job)
+        if cancelled:  # only then is every row looked at
+            for i, row in enumerate(table.rows):
+                if row.job.cancelled:
+                    leave[i] = True
+                    finished.add(row.job)
         for i in read.tolist():
             row = table.rows[i]
             job = row.job
@@ -386,7 +392,7 @@ class Scheduler:
         try:
             self._decoder.keep(np.zeros(0, dtype=np.int64))
         except Exception:  # the device failed: start the batch afresh
-            self._decoder = BatchDecoder(self.model, capacity=min(self.max_batch, 64), graph_rows=self._graph_rows)
+            self._decoder = self._new_batch()
         self._table = RowTable(min(self.max_batch, 64))
         for job in jobs:
             self._finish(job, None, error)
