@@ -118,6 +118,7 @@ class EngineClient:
         self.address = address  # the engine's Unix-domain socket
         self.settings = settings
         self._ids = itertools.count(1)
+        self._groups = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._ready = asyncio.Event()
         self._transport: asyncio.Transport | None = None
@@ -270,6 +271,10 @@ class EngineClient:
             )
 
     # -- the work -------------------------------------------------------------------------------------------
+    def new_group(self) -> int:
+        """A group for the prompts of one HTTP request (see :meth:`generate`)."""
+        return next(self._groups)
+
     async def generate(
         self,
         prefix: str,
@@ -287,6 +292,7 @@ class EngineClient:
         state: str | None = None,
         return_state: bool = False,
         param_state: str = "state",
+        group: int | None = None,
     ) -> list[Generation]:
         """Warm the state on ``prefix`` once and continue it once per sampler (Sampler fields as a dict), up
         to ``num_tokens`` characters each. Returns the finished generations; with ``stream`` as soon as the
@@ -294,12 +300,22 @@ class EngineClient:
         With ``allow_empty`` an empty prefix starts from the zero state (or ``state``); ``server_stops`` (the
         chat template's turn end) are added to the client's ``stops`` after their limits are checked.
         ``state`` (a state token) is where reading starts; with ``return_state`` each generation carries the
-        token of its final state."""
+        token of its final state. Prompts of one HTTP request pass one ``group`` (:meth:`new_group`): the engine
+        shares its batch fairly between groups, not between prompts."""
         if not prefix and not allow_empty and state is None:
             raise ApiError(422, f"{param_prefix} must contain at least one character", param_prefix)
         generations = [Generation(prefix, pieces=asyncio.Queue() if stream else None) for _ in samplers]
         body = p.GenerateRequest(
-            prefix, num_tokens, samplers, [*stops, *server_stops], top_logprobs, stream, min_tokens, state, return_state
+            prefix,
+            num_tokens,
+            samplers,
+            [*stops, *server_stops],
+            top_logprobs,
+            stream,
+            min_tokens,
+            state,
+            return_state,
+            group,
         )
         request = self._request(p.GENERATE, body, generations, stream, param_state)
         await self._wait(request, request.first if stream else request.result, receive)

@@ -38,7 +38,9 @@ class RequestBodies:
 
 def request_bodies(settings: Settings) -> RequestBodies:
     """The bodies with ``settings``' limits: characters generated (``max_num_tokens``), characters of each text
-    (``max_text_chars``; token ids count as characters), stop sequences (``max_stop_sequences``)."""
+    (``max_text_chars``; token ids count as characters), stop sequences (``max_stop_sequences``). The sequences
+    one request asks for (prompts × best_of, ``max_request_rows``) are counted by the route: a list's length
+    bound in a union would be reported by the wrong branch (a long list of ids as too many prompts)."""
     tokens = Int(ge=0, le=settings.max_num_tokens)
     chars = Annotated[str, Field(max_length=settings.max_text_chars)]
     ids = Annotated[list[Int(ge=0)], Field(min_length=1, max_length=settings.max_text_chars)]

@@ -47,6 +47,12 @@ ENGINE_FIGURES = [
         "Sequences stepped, summed over steps (÷ rnnlm_batch_steps_total = mean batch size)",
         "batch_rows_stepped",
     ),
+    (
+        "counter",
+        "rnnlm_batch_rows_put_aside",
+        "Sequences put aside to make room for another request's (each rejoins later as it was)",
+        "batch_rows_put_aside",
+    ),
     ("gauge", "rnnlm_prefix_cache_entries", "Prompts whose state is cached", "cache_entries"),
     ("gauge", "rnnlm_prefix_cache_bytes", "Memory the prefix cache holds (states, logits, keys)", "cache_bytes"),
     ("counter", "rnnlm_prefix_cache_hits", "Lookups that found a cached prefix", "cache_hits"),

@@ -65,6 +65,7 @@ class GenerateRequest:
     min_tokens: int = 0  # stop sequences count only after this many characters
     state: str | None = None  # a state token: start from it, as if its text came before the prefix
     return_state: bool = False  # answer with the token of the state after prefix + generated text
+    group: int | None = None  # one HTTP request's prompts share a group: the batch is shared fairly between groups
 
 
 @dataclass

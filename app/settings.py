@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         "max_batch_size)",
     )
     max_queue: int = Field(256, ge=1, description="requests waiting for the batch; beyond this: 429")
+    max_request_rows: int = Field(
+        128,
+        ge=1,
+        description="most sequences one request may ask for: prompts × max(n, best_of) on /v1/completions "
+        "(each prompt waits in the queue: keep this at most max_queue)",
+    )
     prefill_chars: int = Field(256, ge=1, description="longer uncached prompts are read in chunks before joining")
     chunk_chars: int = Field(512, ge=1, description="characters read per chunk when scoring or reading a long prompt")
     prefix_cache_entries: int = Field(1024, ge=0, description="prompts whose state is cached (0: no cache)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TEMPERATURE", "Sampler"]
+__all__ = ["MIN_TEMPERATURE", "Sampler", "filter_scores", "sample_rows"]
 
 _LARGE = 1e30  # finite bound of an adjusted logit
 # Below this, sampling is indistinguishable from argmax and float32 division would overflow: treat as greedy.
@@ -112,22 +112,63 @@ class Sampler:
                 return int(greedy_choice(logits.numpy()))  # a CPU tensor: numpy costs a sixth of torch
             except (RuntimeError, TypeError):  # on a GPU, or part of a graph
                 return int(greedy_choice(logits))
-        scores = logits.detach().float().cpu().clone()
-        scores[0] = -math.inf  # never <unk>
-        scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
-        if self.top_k and self.top_k < scores.numel():
-            kth = torch.topk(scores, self.top_k).values[-1]
-            scores[scores < kth] = -math.inf
-        if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True)
-            sorted_probs = torch.softmax(sorted_scores, dim=-1)
-            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # keep the first token over top_p
-            drop[0] = False  # the most likely token always stays (top_p may round to 0 in float32)
-            scores[order[drop]] = -math.inf
-        if self.min_p > 0:  # p_j < min_p * p_max  ⇔  score_j < max score + log(min_p)
-            scores[scores < scores.max() + math.log(self.min_p)] = -math.inf
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        vocab = logits.shape[-1]
+        scores = filter_scores(
+            logits.detach().float().cpu().reshape(1, -1),
+            torch.tensor([self.temperature], dtype=torch.float32),
+            torch.tensor([self.top_k]) if 0 < self.top_k < vocab else None,  # (any int: the schema has no bound)
+            torch.tensor([self.top_p], dtype=torch.float32) if self.top_p < 1 else None,
+            torch.tensor([log_min_p(self.min_p)], dtype=torch.float32) if self.min_p > 0 else None,
+        )
+        return int(torch.multinomial(torch.softmax(scores[0], dim=-1), 1, generator=generator))
+
+
+def log_min_p(min_p: float) -> float:
+    """The min-p rule's threshold below the likeliest token's score: p_j < min_p * p_max ⇔ score_j < max +
+    log(min_p) (-inf for 0: none dropped)."""
+    return math.log(min_p) if min_p > 0 else -math.inf
+
+
+def filter_scores(
+    logits: Tensor, temperature: Tensor, top_k: Tensor | None, top_p: Tensor | None, log_min_p: Tensor | None
+) -> Tensor:
+    """Sampling's rule for rows at once — one row's sampler, or every row of a batch sampled without a seed of
+    its own: ``logits`` (k, V) to scores (k, V) whose softmax is the distribution to draw from. Per row:
+    ``<unk>`` dropped, divided by ``temperature`` (> 0) after the likeliest is moved to 0 (a stable softmax),
+    then the ``top_k`` likeliest kept (0: all), then the fewest likeliest whose probabilities reach ``top_p``
+    (1: all; the likeliest always stays), then those ``log_min_p`` or more below the likeliest dropped. A filter
+    that no row sets is None."""
+    scores = logits.float().clone()
+    scores[:, 0] = -math.inf  # never <unk>
+    scores = (scores - scores.max(-1, keepdim=True).values) / temperature[:, None]  # ≤ 0, finite or -inf
+    vocab = scores.shape[-1]
+    if top_k is not None:
+        kth = scores.sort(-1, descending=True).values.gather(1, (top_k.clamp(1, vocab) - 1)[:, None])
+        limited = ((top_k > 0) & (top_k < vocab))[:, None]
+        scores = scores.masked_fill(limited & (scores < kth), -math.inf)
+    if top_p is not None:
+        sorted_scores, order = scores.sort(-1, descending=True)
+        sorted_probs = torch.softmax(sorted_scores, dim=-1)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p[:, None]  # keep the first token over top_p
+        drop[:, 0] = False  # the most likely token always stays (top_p may round to 0 in float32)
+        drop &= (top_p < 1)[:, None]
+        scores = scores.scatter(1, order, sorted_scores.masked_fill(drop, -math.inf))
+    if log_min_p is not None:  # the likeliest score is 0 by now
+        scores = scores.masked_fill(scores < log_min_p[:, None], -math.inf)
+    return scores
+
+
+def sample_rows(
+    logits: Tensor,
+    temperature: Tensor,
+    top_k: Tensor | None,
+    top_p: Tensor | None,
+    log_min_p: Tensor | None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token id per row (k,), drawn from :func:`filter_scores`' distribution with one generator for all."""
+    probs = torch.softmax(filter_scores(logits, temperature, top_k, top_p, log_min_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def greedy_choice(scores):

@@ -335,6 +335,7 @@ class EngineCore:
             start=start,
             root=root,
             want_state=r.return_state,
+            group=None if r.group is None else (request.client, r.group),
         )
         job.chars_before = chars
         if not r.prefix:  # from the state as it is: H_0 = 0 (the notebook's), or the client's
@@ -520,6 +521,7 @@ class EngineCore:
             "queued": s.queued,
             "batch_steps": s.steps,
             "batch_rows_stepped": s.rows_stepped,
+            "batch_rows_put_aside": s.rows_put_aside,
             "requests_in_engine": len(self._requests),
             "requests_served": self.requests_served,
             "busy_seconds": self.busy_seconds,

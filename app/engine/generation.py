@@ -43,6 +43,9 @@ class Decoding:
         self.remaining = num_tokens
         self.sampler = sampler
         self.greedy = sampler.greedy and not sampler.adjusts  # the batch's shared argmax is right for it
+        # sampled with no seed and nothing adjusted: the batch draws its token with the other such rows, from
+        # one generator (the same distribution as a generator of its own)
+        self.batch_sampled = not sampler.greedy and not sampler.adjusts and sampler.seed is None
         self.rng = sampler.generator()
         # how often each token has been generated, and which the prompt or the output holds: the penalties' input
         self.counts = torch.zeros(len(vocab)) if sampler.needs_history else None

@@ -3,7 +3,7 @@ decoding) or a task done a chunk at a time (scoring)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,10 @@ class Job:
     on_done: Callable[[object, BaseException | None], None]  # called once, from the engine's loop
     cancelled: bool = False
     steps: Generator | None = None  # work done a chunk at a time: yields between chunks, returns the result
+    # The request it belongs to, for a fair share of the batch: one HTTP request's prompts are one group
+    # (None: a group of its own).
+    group: Hashable | None = None
+    held: int = 0  # batch rows reserved for it since it was admitted (its width, less its rows put aside)
 
     @property
     def width(self) -> int:  # batch rows the job will occupy
@@ -47,6 +51,7 @@ class GenerationJob(Job):
     root: str = ""  # what the text is read after, for the prefix cache: "" (zeros) or a state token's name
     want_state: bool = False  # keep each decoding's final state (the client asked for its token)
     rows: int = 0  # batch rows it holds now
+    parked: int = 0  # its rows put aside for another request's, waiting to rejoin
 
     @property
     def width(self) -> int:

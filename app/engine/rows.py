@@ -6,11 +6,16 @@ together. A row is one of three kinds, each stepped its own way by the scheduler
 
 - **reading**: it reads the rest of its prompt, one forced id a step. The ids wait in one shared pool; the row's
   next one is ``pool[next_forced[i]]``, the last ``pool[end_forced[i] - 1]``.
-- **plain**: greedy with nothing to do per token (no stop sequences, logprobs, streaming, penalties or bias):
-  its chosen ids go into ``history[slot[i], :count[i]]`` and ``remaining[i]`` counts down; its text is decoded
-  once, when it ends. A row keeps its history slot while it runs, so rows leaving move no history.
+- **plain**: greedy, or sampled without a seed, with nothing to do per token (no stop sequences, logprobs,
+  streaming, penalties or bias): its chosen ids go into ``history[slot[i], :count[i]]`` and ``remaining[i]``
+  counts down; its text is decoded once, when it ends. A row keeps its history slot while it runs, so rows
+  leaving move no history.
 - **per-row**: everything else — a :class:`~app.engine.generation.Decoding` chooses and accepts each token as it
   always has (its own seeded generator, penalties, stops, logprobs, streaming), confined to its row.
+
+Every generating row sampled without a seed and without penalties or bias, plain or per-row, has its sampler's
+settings here too (``temperature``, ``top_k``, ``top_p``, ``log_min_p``): :meth:`RowTable.sample` draws all
+their tokens at once (:func:`model.sampling.sample_rows`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from app.engine.generation import Decoding
 from app.engine.jobs import GenerationJob
+from model.sampling import log_min_p, sample_rows
 
 __all__ = ["Row", "RowTable"]
 
@@ -44,6 +51,11 @@ class RowTable:
         self.remaining = np.zeros(0, dtype=np.int64)
         self.count = np.zeros(0, dtype=np.int64)
         self.slot = np.zeros(0, dtype=np.int64)
+        self.sampled = np.zeros(0, dtype=bool)  # drawn with the batch's generator
+        self.temperature = np.zeros(0, dtype=np.float32)
+        self.top_k = np.zeros(0, dtype=np.int64)
+        self.top_p = np.zeros(0, dtype=np.float32)
+        self.log_min_p = np.zeros(0, dtype=np.float32)
         self.history = np.zeros((0, 64), dtype=np.int32)  # (slots, width)
         self._free_slots: list[int] = []
         self._longest = 0  # at least the most ids any plain row has in history
@@ -52,11 +64,25 @@ class RowTable:
         self.reading_rows = np.zeros(0, dtype=np.int64)
         self.plain_rows = np.zeros(0, dtype=np.int64)
         self.per_row_rows = np.zeros(0, dtype=np.int64)
+        self.sampled_rows = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    _ARRAYS = ("reading", "plain", "next_forced", "end_forced", "remaining", "count", "slot")
+    _ARRAYS = (
+        "reading",
+        "plain",
+        "next_forced",
+        "end_forced",
+        "remaining",
+        "count",
+        "slot",
+        "sampled",
+        "temperature",
+        "top_k",
+        "top_p",
+        "log_min_p",
+    )
 
     def _grow(self, capacity: int) -> None:
         for name in self._ARRAYS:
@@ -101,16 +127,23 @@ class RowTable:
             self.pool = pool
         self.pool[start:end] = ids
         self._pool_used = end
-        self.reading[i], self.plain[i] = True, False
+        self.reading[i], self.plain[i], self.sampled[i] = True, False, False
         self.next_forced[i], self.end_forced[i] = start, end
 
     def start_generating(self, i: int, decoding: Decoding) -> None:
         """Row ``i`` generates ``decoding`` from now on."""
         self.rows[i].decoding = decoding
         self.reading[i] = False
-        self.plain[i] = decoding.greedy and decoding.plain
+        self.sampled[i] = decoding.batch_sampled
+        if decoding.batch_sampled:
+            s = decoding.sampler
+            self.temperature[i], self.top_k[i], self.top_p[i] = s.temperature, min(s.top_k, 1 << 62), s.top_p
+            self.log_min_p[i] = log_min_p(s.min_p)
+        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and decoding.plain
         if self.plain[i]:
             self.remaining[i], self.count[i] = decoding.remaining, 0
+            if decoding.generated:  # it ran before (alone, or before it was put aside)
+                self.from_decoding(i)
 
     def find_kinds(self) -> None:
         """Find the rows of each kind again (after rows joined, left or changed kind)."""
@@ -119,6 +152,30 @@ class RowTable:
         self.reading_rows = np.flatnonzero(reading)
         self.plain_rows = np.flatnonzero(plain)
         self.per_row_rows = np.flatnonzero(~(reading | plain))
+        self.sampled_rows = np.flatnonzero(self.sampled[:n])
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+        """A token for every row in :attr:`sampled_rows`, drawn at once from ``logits`` (n, V), each by its row's
+        sampler settings."""
+        rows = self.sampled_rows
+        index = torch.from_numpy(rows).to(logits.device)
+
+        def column(values: np.ndarray, used: bool):
+            return torch.from_numpy(values[rows]).to(logits.device) if used else None
+
+        top_k, top_p, min_p = self.top_k[rows], self.top_p[rows], self.log_min_p[rows]
+        return (
+            sample_rows(
+                logits.index_select(0, index),
+                column(self.temperature, True),
+                column(self.top_k, bool(top_k.any())),
+                column(self.top_p, bool((top_p < 1).any())),
+                column(self.log_min_p, bool((min_p > -np.inf).any())),
+                generator,
+            )
+            .cpu()
+            .numpy()
+        )
 
     def advance_plain(self, tokens: np.ndarray) -> bool:
         """Record every plain row's chosen id (``tokens`` holds one per row) and count down; True when one of
@@ -165,7 +222,8 @@ class RowTable:
         return self.history[self.slot[i], : self.count[i]].tolist()
 
     def to_decoding(self, i: int) -> None:
-        """Hand a plain row's progress to its decoding (which then runs it a token at a time, alone)."""
+        """Hand a plain row's progress to its decoding (which then runs it a token at a time, alone, or waits
+        aside to rejoin)."""
         if self.plain[i]:
             d = self.rows[i].decoding
             d.generated, d.remaining = self.generated(i), int(self.remaining[i])

@@ -4,16 +4,22 @@ Each step reads one token for every sequence in the batch with one batched matmu
 (:class:`model.batch.BatchDecoder`). A sequence first reads the uncached rest of its prompt (teacher-forced rows:
 the next prompt character is its input, and its logits are ignored until the prompt is read), then generates;
 sequences join and leave between steps, all that join or leave in a turn at once. Every row's bookkeeping lives in
-arrays (:mod:`app.engine.rows`), so plain greedy rows cost no Python per step; on CUDA, when every row is plain
-greedy and nothing else waits, a turn runs a burst of steps in one CUDA graph. A prompt whose uncached part is
-longer than ``prefill_chars``, or any prompt arriving at an idle server, reads all but its last character as a
+arrays (:mod:`app.engine.rows`), so plain rows cost no Python per step, and every row sampled without a seed of
+its own draws its token in one draw for the batch; on CUDA, when every row is plain greedy and nothing else
+waits, a turn runs a burst of steps in one CUDA graph. A prompt whose uncached part is longer than
+``prefill_chars``, or any prompt arriving at an idle server, reads all but its last character as a
 *task* — chunks of the model's own sequence forward pass, the fastest way to read one text — and so does scoring
 (/perplexity). Each loop turn advances every task by one chunk and the batch by one step (or one burst), so a long
 scoring job never stalls generation for long. A lone generating sequence with nothing else to do steps with the
 single-stream decoder (:class:`model.decode.StepDecoder`, the same numbers at half the cost) until other work
 arrives.
 
-Requests wait in a bounded queue; a full queue refuses new work at once (the client answers 429).
+Requests wait in a bounded queue; a full queue refuses new work at once (the client answers 429). The batch is
+shared fairly between requests (a *group* of jobs: one HTTP request's prompts): waiting work is admitted from the
+group holding the fewest rows first, and when the batch is full and a group holding none waits, rows of the
+group holding the most are put aside — their state, logits and progress kept — so the newcomer joins at the next
+turn whatever one request holds; they rejoin as they were when room comes (vLLM's V1 preempts a request when
+its KV blocks run out and recomputes it; a row's state here is a few kilobytes, so it is kept instead).
 
 The scheduler has no thread of its own: the engine process's loop (:mod:`app.engine.core`) calls
 :meth:`Scheduler.run_once` whenever there is work, between reading new requests from its socket.
@@ -24,7 +30,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,6 +47,28 @@ from model.inference import drain, iter_warm
 __all__ = ["OneAtATime", "Scheduler", "prepare_model_thread"]
 
 logger = logging.getLogger("rnnlm")
+
+
+@dataclass(eq=False)
+class _Parked:
+    """A row put aside to make room for another request's: it rejoins the batch as it left it."""
+
+    row: Row
+    state: State
+    logits: torch.Tensor | None  # its next token's scores (None while it reads its prompt)
+    forced: np.ndarray | None  # the prompt ids it has still to read
+
+    @property
+    def job(self) -> GenerationJob:
+        return self.row.job
+
+    @property
+    def width(self) -> int:  # a prompt row forks into one row per decoding
+        return 1 if self.row.decoding is not None else self.row.job.width
+
+
+def _group(job: Job) -> Hashable:
+    return job if job.group is None else job.group
 
 
 # Longest a turn spends on tasks (scoring, long prompts) while generating sequences wait for their next step.
@@ -79,14 +108,20 @@ class Scheduler:
         # True when new jobs arrived (the lone sequence then rejoins the batch).
         self.interrupt = interrupt
         self._graph_rows = max_batch if cuda_graphs else 0
-        self._pending: deque[Job] = deque()
+        # waiting work by group, in the order the groups began to wait: jobs, and rows put aside (first)
+        self._waiting: dict[Hashable, deque[Job | _Parked]] = {}
+        self._queued = 0  # jobs waiting (the queue's bound counts these, not rows put aside)
+        self._held: dict[Hashable, int] = {}  # rows each admitted group holds or has reserved
         self._tasks: list[Job] = []  # scoring jobs and long-prompt warm-ups, advanced a chunk per turn
         self._decoder = self._new_batch()
         self._table = RowTable(min(max_batch, 64))
+        self._rng = torch.Generator(model.device)  # draws the tokens of rows sampled without a seed of their own
+        self._rng.seed()
         self._joining: list[tuple[Row, State, torch.Tensor | None, np.ndarray | None]] = []
         self._cancelled = False  # a running job was cancelled: its rows leave at the next settling
         self.steps = 0  # batch steps run, and the rows they stepped in all (mean batch = rows_stepped / steps)
         self.rows_stepped = 0
+        self.rows_put_aside = 0  # rows put aside for another request's (and rejoined later)
 
     def _new_batch(self) -> BatchDecoder:
         return BatchDecoder(self.model, capacity=min(self.max_batch, 64), graph_rows=self._graph_rows)
@@ -97,22 +132,39 @@ class Scheduler:
         return self._decoder.steps_in_graphs
 
     def submit(self, job: Job) -> None:
-        if len(self._pending) >= self.max_queue:
+        if self._queued >= self.max_queue:
             raise QueueFull
-        self._pending.append(job)
+        self._waiting.setdefault(_group(job), deque()).append(job)
+        self._queued += 1
 
     def cancel(self, job: Job) -> None:
-        """The client has gone: the job's rows leave at the next step, its task at its next chunk."""
+        """The client has gone: the job's rows leave at the next step, its task at its next chunk; waiting, it
+        ends now."""
         job.cancelled = True
         self._cancelled = True
+        key = _group(job)
+        waiting = self._waiting.get(key)
+        mine = [u for u in waiting or () if u is job or (isinstance(u, _Parked) and u.job is job)]
+        if not mine:
+            return
+        for unit in mine:
+            waiting.remove(unit)
+        if not waiting:
+            del self._waiting[key]
+        if mine[0] is job:  # never admitted
+            self._queued -= 1
+            self._finish(job, None, None)
+        else:
+            job.parked -= len(mine)
+            self._check_job_done(job)
 
     @property
     def busy(self) -> bool:
-        return bool(self._pending or self._tasks or self._table.rows)
+        return bool(self._waiting or self._tasks or self._table.rows)
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        return self._queued
 
     @property
     def batch_rows(self) -> int:
@@ -124,8 +176,11 @@ class Scheduler:
         admitted = self._admit()
         try:
             alone = len(admitted) == 1 and not self._table.rows and not self._tasks
-            for job in admitted:
-                self._start(job, alone)
+            for unit in admitted:
+                if isinstance(unit, _Parked):
+                    self._joining.append((unit.row, unit.state, unit.logits, unit.forced))
+                else:
+                    self._start(unit, alone)
             self._advance_tasks()
             self._flush_joins()
             if self._can_go_solo():
@@ -138,22 +193,110 @@ class Scheduler:
             logger.exception("scheduler step failed")
             self.fail_all(error)
 
-    def _admit(self) -> list[Job]:
-        """Take queued jobs while the batch has room (tasks take no rows, but at most max_batch at once)."""
+    def _admit(self) -> list[Job | _Parked]:
+        """Take waiting work while the batch has room, from the group holding the fewest rows first (tasks take
+        no rows, but at most max_batch run at once); a group holding none that finds the batch full gets room
+        made for it (:meth:`_make_room`)."""
+        if not self._waiting:
+            return []
         busy = len(self._table) + sum(j.width for j in self._tasks if isinstance(j, GenerationJob))
-        out = []
-        while self._pending:
-            job = self._pending[0]
-            if isinstance(job, TaskJob):
-                if len(self._tasks) >= self.max_batch:
+        tasks = len(self._tasks)
+        held, out = self._held, []
+        while self._waiting:
+            key = min(self._waiting, key=lambda g: held.get(g, 0))  # the first to wait among the fewest held
+            waiting = self._waiting[key]
+            unit = waiting[0]
+            job = unit.job if isinstance(unit, _Parked) else unit
+            if isinstance(unit, TaskJob):
+                if tasks >= self.max_batch:
                     break
-            elif busy and busy + job.width > self.max_batch:
-                break
-            busy += job.width
-            out.append(self._pending.popleft())
+                tasks += 1
+            elif not job.cancelled:
+                width = unit.width
+                if busy and busy + width > self.max_batch:
+                    if held.get(key, 0):
+                        break
+                    busy -= self._make_room(key, busy + width - self.max_batch)
+                    if busy and busy + width > self.max_batch:
+                        break
+                busy += width
+                self._reserve(job, width)
+            waiting.popleft()
+            if not waiting:
+                del self._waiting[key]
+            if unit is job:
+                self._queued -= 1
+                out.append(job)  # a cancelled one ends as it starts
+            else:
+                job.parked -= 1
+                if job.cancelled:  # the client left while its row was aside
+                    self._check_job_done(job)
+                else:
+                    out.append(unit)
         return out
 
+    def _make_room(self, starving: Hashable, needed: int) -> int:
+        """Put aside ``needed`` rows for ``starving`` (a group holding none), each from the group that then holds
+        the most, never a group's last row; returns the rows put aside (0 when that many cannot be)."""
+        held = self._held
+        if max(held.values(), default=0) < 2:
+            return 0  # every group holds one row: wait for one to end, in order
+        rows_of: dict[Hashable, list[int]] = {}
+        for i in range(len(self._table) - 1, -1, -1):  # the latest to join go first
+            rows_of.setdefault(_group(self._table.rows[i].job), []).append(i)
+        left = {g: held.get(g, 0) for g in rows_of if g != starving}
+        chosen: list[int] = []
+        while len(chosen) < needed:
+            g = max(left, key=left.get, default=None)
+            if g is None or left[g] < 2 or not rows_of[g]:
+                return 0
+            chosen.append(rows_of[g].pop(0))
+            left[g] -= 1
+        self._put_aside(sorted(chosen))
+        return len(chosen)
+
+    def _put_aside(self, rows: list[int]) -> None:
+        """Take these rows out of the batch, each with its state, logits and progress, to wait at the front of
+        its group."""
+        table, decoder = self._table, self._decoder
+        parked = []
+        for i in rows:
+            row = table.rows[i]
+            if row.decoding is None:  # reading its prompt
+                forced, logits = table.pool[table.next_forced[i] : table.end_forced[i]].copy(), None
+            else:
+                table.to_decoding(i)
+                forced, logits = None, decoder.logits[i].clone()
+            unit = _Parked(row, decoder.row_state(i), logits, forced)
+            row.job.rows -= 1
+            row.job.parked += 1
+            self._release(row.job, unit.width)
+            parked.append(unit)
+        keep = np.setdiff1d(np.arange(len(table)), rows)
+        decoder.keep(keep)
+        table.keep(keep)
+        for unit in reversed(parked):
+            self._waiting.setdefault(_group(unit.job), deque()).appendleft(unit)
+        self.rows_put_aside += len(parked)
+
+    def _reserve(self, job: Job, width: int) -> None:
+        job.held += width
+        key = _group(job)
+        self._held[key] = self._held.get(key, 0) + width
+
+    def _release(self, job: Job, width: int) -> None:
+        job.held -= width
+        key = _group(job)
+        left = self._held[key] - width
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+
     def _start(self, job: Job, alone: bool) -> None:
+        if job.cancelled and isinstance(job, GenerationJob):  # (a cancelled task ends at its first chunk)
+            self._finish(job, None, None)
+            return
         if isinstance(job, GenerationJob):
             rest = len(job.ids) - job.start_at
             # Reading a prompt through the batch pays off when other rows share the steps; alone, or for a
@@ -240,11 +383,15 @@ class Scheduler:
             at += 1
             table.next_forced[sent] = at
             settle = settle or bool((at == table.end_forced[sent]).any())
+        sampled = table.sampled_rows  # drawn all at once, each by its own settings
+        if sampled.size:
+            tokens[sampled] = table.sample(decoder.logits, self._rng)
+            sent = np.concatenate([sent, sampled])
         if table.per_row_rows.size:
             logits, chosen = decoder.logits, []
             for i in table.per_row_rows.tolist():
                 d = table.rows[i].decoding
-                if not d.greedy:
+                if not d.greedy and not d.batch_sampled:
                     tokens[i] = d.choose(logits[i])
                     chosen.append(i)
                 if d.accept(int(tokens[i]), logits[i] if d.top_logprobs is not None else None):
@@ -264,7 +411,8 @@ class Scheduler:
         return (
             k > 0
             and table.plain_rows.size == n
-            and not self._pending
+            and not table.sampled_rows.size
+            and not self._waiting
             and not self._tasks
             and not self._cancelled
             and int(table.remaining[:n].min()) > k  # the burst ends none: the last token is read by a step
@@ -284,7 +432,7 @@ class Scheduler:
             len(rows) == 1
             and rows[0].decoding is not None
             and not self._tasks
-            and not self._pending
+            and not self._waiting
             and not self._joining
             and self._decoder.fast
         )
@@ -376,18 +524,26 @@ class Scheduler:
         finished.add(row.job)
 
     def _check_job_done(self, job: GenerationJob) -> None:
-        if (job.cancelled or all(d.done for d in job.decodings)) and job.rows == 0:
+        if (job.cancelled or all(d.done for d in job.decodings)) and job.rows == 0 and job.parked == 0:
             self._finish(job, None, None)
 
     def _finish(self, job: Job, result, error: BaseException | None) -> None:
+        if job.held:
+            self._release(job, job.held)
         job.on_done(result, error)
 
     def fail_all(self, error: BaseException, pending: bool = False) -> None:
         """End every running job (and, with ``pending``, every queued one) with ``error``."""
         jobs = {row.job for row in self._table.rows} | set(self._tasks) | {j[0].job for j in self._joining}
-        if pending:
-            jobs |= set(self._pending)
-            self._pending.clear()
+        for key, waiting in list(self._waiting.items()):
+            jobs |= {u.job for u in waiting if isinstance(u, _Parked)}
+            kept = deque(u for u in waiting if not pending and not isinstance(u, _Parked))
+            jobs |= {u for u in waiting if pending and not isinstance(u, _Parked)}
+            if kept:
+                self._waiting[key] = kept
+            else:
+                del self._waiting[key]
+        self._queued = sum(len(w) for w in self._waiting.values())
         self._tasks, self._joining = [], []
         try:
             self._decoder.keep(np.zeros(0, dtype=np.int64))
@@ -426,8 +582,13 @@ class OneAtATime:
         self.rows_stepped = 0
         self.batch_rows = 0
 
-    submit = Scheduler.submit
     graph_steps = 0
+    rows_put_aside = 0
+
+    def submit(self, job: Job) -> None:
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull
+        self._pending.append(job)
 
     def cancel(self, job: Job) -> None:
         job.cancelled = True

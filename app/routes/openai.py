@@ -160,6 +160,14 @@ async def completions(
         raise ApiError(400, "suffix is not supported by this model", "suffix", kind="unsupported_parameter")
     prompts = _prompts(body, engine)
     best_of = max(body.best_of or body.n, body.n)  # best_of below n: the n themselves
+    limit = engine.settings.max_request_rows
+    if len(prompts) * best_of > limit:
+        raise ApiError(
+            422,
+            f"{len(prompts)} prompts × {best_of} completions each is {len(prompts) * best_of} sequences: "
+            f"at most {limit} per request",
+            "best_of" if body.best_of else "n" if body.n > 1 else "prompt",
+        )
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     stops = _stops(body.stop)
     k = body.logprobs
@@ -168,6 +176,7 @@ async def completions(
     samplers = _samplers(body, engine, best_of)
     ranking = best_of > body.n  # needs every token's log-probability
     top = k if k is not None else (0 if ranking else None)
+    group = engine.new_group() if len(prompts) > 1 else None  # the batch is shared fairly between requests
 
     async def one(prompt: str):
         infos = await _prompt_infos(engine, prompt, k, body.rnnlm_state) if body.echo and k is not None else None
@@ -184,6 +193,7 @@ async def completions(
             state=body.rnnlm_state,
             return_state=body.rnnlm_return_state,
             param_state="rnnlm_state",
+            group=group,
         )
         return infos, (_best(generations, body.n) if ranking else generations)
 

@@ -161,6 +161,47 @@ def test_a_client_that_goes_away_frees_its_batch_row(weights_file, tmp_path):
         stop_server(proc)
 
 
+def test_one_requests_many_prompts_do_not_hold_the_batch_from_a_newcomer(tmp_path, shipped):
+    """A completions request of 12 prompts × 2,000 tokens fills a batch of 4; a /predict sent meanwhile is
+    answered while it still runs (a row of it put aside), and every text is what it would be alone."""
+    base, proc = start_server(SHIPPED, tmp_path / "server.log", RNNLM_MAX_BATCH_SIZE="4")
+    prompts = prefixes(12)
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            big = asyncio.create_task(
+                http.post("/v1/completions", json={"prompt": prompts, "max_tokens": 2000, "temperature": 0})
+            )
+            while metric((await http.get("/metrics")).text, "rnnlm_batch_rows") < 4:
+                await asyncio.sleep(0.01)
+            small = await http.post("/predict", json={"prefix": "KING", "num_tokens": 20})
+            big_running = not big.done()
+            put_aside = metric((await http.get("/metrics")).text, "rnnlm_batch_rows_put_aside_total")
+            return small, big_running, put_aside, await big
+
+    try:
+        small, big_running, put_aside, big = asyncio.run(scenario())
+    finally:
+        stop_server(proc)
+    assert small.status_code == 200 and small.json()["completion"] == library_greedy(shipped, "KING", 20)
+    assert big_running and put_aside >= 1
+    assert big.status_code == 200, big.text
+    choices = big.json()["choices"]
+    assert [c["index"] for c in choices] == list(range(12))
+    for i in (0, 5, 11):
+        assert choices[i]["text"] == library_greedy(shipped, prompts[i], 2000)
+
+
+def test_a_request_asking_for_more_sequences_than_the_bound_gets_422(client, settings):
+    limit = settings.max_request_rows
+    too_many = client.post("/v1/completions", json={"prompt": ["a"] * (limit + 1), "max_tokens": 1})
+    assert_error(too_many, 422, "prompt")
+    times = client.post("/v1/completions", json={"prompt": ["a"] * (limit // 4 + 1), "n": 2, "best_of": 4})
+    assert f"at most {limit}" in assert_error(times, 422, "best_of")["message"]
+    at_the_bound = client.post("/v1/completions", json={"prompt": ["a"] * (limit // 4), "best_of": 4, "max_tokens": 1})
+    assert at_the_bound.status_code == 200 and len(at_the_bound.json()["choices"]) == limit // 4
+
+
 # -- the prefix cache ----------------------------------------------------------------------------------------
 def test_a_longer_prompt_reuses_the_cached_state_of_its_prefix(client, loaded):
     first = client.post("/predict", json={"prefix": "Before we proceed", "num_tokens": 20}).json()

@@ -4,6 +4,7 @@ progress back to the batch, and a seeded sampled request gives the same text wha
 Oracles: the library's single-stream ``generate`` and the model's forward pass over the whole text."""
 
 import pytest
+import torch
 
 from app.engine.generation import Decoding
 from app.engine.jobs import GenerationJob
@@ -29,20 +30,23 @@ def alone(loaded, prefix: str, n: int, sampler: Sampler = Sampler()) -> str:
 class Engine:
     """A scheduler and the results of the jobs given to it, by name."""
 
-    def __init__(self, loaded, interrupt=lambda: False):
+    def __init__(self, loaded, interrupt=lambda: False, max_batch: int = 64):
         self.loaded = loaded
-        self.scheduler = Scheduler(loaded.model, None, 64, 256, 256, 512, interrupt)
+        self.scheduler = Scheduler(loaded.model, None, max_batch, 256, 256, 512, interrupt)
         self.done: dict[str, list[str]] = {}
+        self.turn = 0
+        self.done_at: dict[str, int] = {}  # the turn each job ended in
 
-    def submit(self, name: str, prefix: str, n: int, samplers=(Sampler(),)) -> GenerationJob:
+    def submit(self, name: str, prefix: str, n: int, samplers=(Sampler(),), stops=(), group=None) -> GenerationJob:
         ids = self.loaded.vocab.encode(prefix)
-        decodings = [Decoding(prefix, self.loaded.vocab, n, s, [], None, prefix_ids=ids) for s in samplers]
+        decodings = [Decoding(prefix, self.loaded.vocab, n, s, list(stops), None, prefix_ids=ids) for s in samplers]
 
         def on_done(result, error, name=name):
             assert error is None and name not in self.done
             self.done[name] = [d.completion for d in decodings]
+            self.done_at[name] = self.turn
 
-        job = GenerationJob(on_done=on_done, text=prefix, ids=ids, decodings=decodings)
+        job = GenerationJob(on_done=on_done, text=prefix, ids=ids, decodings=decodings, group=group)
         self.scheduler.submit(job)
         return job
 
@@ -50,6 +54,7 @@ class Engine:
         for _ in range(turns):
             if not self.scheduler.busy:
                 return
+            self.turn += 1
             self.scheduler.run_once()
 
 
@@ -136,3 +141,126 @@ def test_a_lone_sequence_hands_its_progress_back_to_the_batch_when_work_arrives(
     assert len(engine.done["lone"][0]) == 120
     assert_greedy(loaded, "ROMEO:\n", engine.done["lone"][0])
     assert_greedy(loaded, "KING", engine.done["late"][0])
+
+
+LONG_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n" * 3
+
+
+VICTIMS = {  # a row of each kind, as the big request's latest to join (the row put aside): prompt, samplers, stops
+    "reading": (LONG_PROMPT, [Sampler()], []),  # put aside while it reads its prompt
+    "plain": ("What say you", [Sampler()], []),
+    "sampled": ("JULIET:\n", [Sampler(temperature=0.9, top_k=10, seed=11)], []),
+    "stopped": ("KING", [Sampler()], ["@@"]),  # a stop sequence that never comes: stepped per row
+}
+
+
+@pytest.mark.parametrize("victim", list(VICTIMS))
+def test_one_requests_rows_never_hold_the_batch_and_rows_put_aside_resume_as_they_were(loaded, victim):
+    """A request of six prompts fills a batch of four; each of four newcomers joins at the next turn, a row of
+    the big request put aside for it, and every row ends with the text it would have had alone."""
+    prompt, samplers, stops = VICTIMS[victim]
+    big = [("ROMEO:\n", [Sampler()], []), ("All:\nSpeak", [Sampler()], []), ("A", [Sampler()], [])]
+    big += [(prompt, samplers, stops), ("Good morrow, ", [Sampler()], []), ("First", [Sampler()], [])]
+    engine = Engine(loaded, max_batch=4)
+    for k, (text, s, stop) in enumerate(big):
+        engine.submit(f"big{k}", text, 90, s, stop, group="big")
+    engine.run(10)
+    assert engine.scheduler.batch_rows == 4 and engine.scheduler.queued == 2
+    newcomers = ["KING", "A", "ROMEO:\n", "What say"]
+    for k, text in enumerate(newcomers):
+        submitted = engine.turn
+        engine.submit(f"new{k}", text, 8)
+        engine.run(1)
+        assert engine.scheduler.batch_rows == 4  # in the batch now, a row of the big request aside
+        engine.run(len(text) + 8 + 2)  # reading its prompt a character a step, then its 8 tokens
+        assert engine.done_at[f"new{k}"] - submitted <= len(text) + 8 + 1
+    assert engine.scheduler.rows_put_aside >= 4
+    assert not any(f"big{k}" in engine.done for k in range(len(big)))  # the big request is still running
+    engine.run()
+    for k, text in enumerate(newcomers):
+        assert_greedy(loaded, text, engine.done[f"new{k}"][0])
+    for k, (text, s, _) in enumerate(big):
+        (completion,) = engine.done[f"big{k}"]
+        assert len(completion) == 90
+        if s[0].greedy:
+            assert_greedy(loaded, text, completion)
+        else:
+            assert completion == alone(loaded, text, 90, s[0])
+
+
+def test_requests_holding_one_row_each_wait_their_turn_instead_of_taking_each_others(loaded):
+    engine = Engine(loaded, max_batch=2)
+    engine.submit("a", "ROMEO:\n", 30)
+    engine.submit("b", "KING", 30)
+    engine.run(3)
+    engine.submit("c", "All:\nSpeak", 10)
+    engine.run(10)
+    assert engine.scheduler.rows_put_aside == 0 and "c" not in engine.done
+    engine.run()
+    assert engine.done_at["c"] > max(engine.done_at["a"], engine.done_at["b"])
+    assert_greedy(loaded, "All:\nSpeak", engine.done["c"][0])
+
+
+def test_a_job_whose_rows_are_aside_ends_when_cancelled_and_never_rejoins(loaded):
+    engine = Engine(loaded, max_batch=2)
+    engine.submit("big1", "ROMEO:\n", 100, group="big")
+    doomed = engine.submit("big2", "KING", 100, group="big")
+    engine.run(5)
+    engine.submit("new", "All:\nSpeak", 20)
+    engine.run(1)
+    assert engine.scheduler.rows_put_aside == 1 and doomed.parked == 1  # the latest of the big request to join
+    engine.scheduler.cancel(doomed)
+    assert "big2" in engine.done and doomed.parked == 0
+    engine.run()
+    assert engine.scheduler.rows_put_aside == 1
+    assert_greedy(loaded, "ROMEO:\n", engine.done["big1"][0])
+    assert_greedy(loaded, "All:\nSpeak", engine.done["new"][0])
+    assert len(engine.done["big1"][0]) == 100
+
+
+def test_a_job_cancelled_while_it_waits_ends_at_once_and_frees_its_place_in_the_queue(loaded):
+    engine = Engine(loaded, max_batch=1)
+    engine.submit("running", "ROMEO:\n", 40)
+    engine.run(2)
+    waiting = engine.submit("waiting", "KING", 40)
+    assert engine.scheduler.queued == 1
+    engine.scheduler.cancel(waiting)
+    assert engine.scheduler.queued == 0 and engine.done["waiting"] == [""]
+    engine.run()
+    assert_greedy(loaded, "ROMEO:\n", engine.done["running"][0])
+
+
+def test_rows_sampled_without_a_seed_are_drawn_together_each_by_its_own_settings(loaded, monkeypatch):
+    """Unseeded sampled rows — plain, and with a stop sequence (stepped per row) — get their tokens from one draw
+    for the batch, never from their own sampler; settings that leave one choice give the greedy text, and top_k = 3
+    keeps every character among the model's three likeliest (its forward pass over the whole text)."""
+    own_draws = []
+    choose = Decoding.choose
+    monkeypatch.setattr(Decoding, "choose", lambda d, logits: own_draws.append(d) or choose(d, logits))
+    one_choice = {
+        "top_k=1": Sampler(temperature=1.0, top_k=1),
+        "top_p": Sampler(temperature=1.5, top_p=1e-6),
+        "min_p=1": Sampler(temperature=2.0, min_p=1.0),
+    }
+    engine, prompt = Engine(loaded), "ROMEO:\n"  # one prompt: every row ends in the same step (none goes solo)
+    for name, sampler in one_choice.items():
+        engine.submit(name, prompt, 40, [sampler])
+        engine.submit(name + " stop", prompt, 40, [sampler], stops=["@@"])
+    for k in range(4):
+        engine.submit(f"top3 {k}", prompt, 40, [Sampler(temperature=1.0, top_k=3)], stops=["@@"] if k % 2 else [])
+        engine.submit(f"free {k}", prompt, 40, [Sampler(temperature=1.0, top_k=[0, 2**80][k % 2])])  # no limit
+    engine.run()
+    assert own_draws == []
+    for name in one_choice:
+        assert_greedy(loaded, prompt, engine.done[name][0])
+        assert_greedy(loaded, prompt, engine.done[name + " stop"][0])
+    for k in range(4):
+        text = engine.done[f"top3 {k}"][0]
+        ids = loaded.vocab.encode(prompt + text)
+        with torch.inference_mode():
+            logits, _ = loaded.model(ids[None, :-1])
+        for i in range(len(text)):
+            row = logits[0, len(prompt) - 1 + i]
+            assert row[ids[len(prompt) + i]] >= row[1:].topk(3).values[-1] - 1e-4
+        assert len(engine.done[f"free {k}"][0]) == 40
+    assert len({engine.done[f"free {k}"][0] for k in range(4)}) > 1  # drawn, not the same text four times

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.sampling import Sampler
+from model.sampling import Sampler, filter_scores, sample_rows
 
 LOGITS = torch.tensor([5.0, 2.0, 1.5, 1.0, 0.5, -1.0, -3.0])  # id 0 (<unk>) is the largest on purpose
 
@@ -67,3 +67,62 @@ def test_a_tiny_repetition_penalty_leaves_the_logits_finite_and_sampling_works()
         scores = sampler.adjusted(logits, None, seen)
         assert torch.isfinite(scores).all()
         assert sampler.choose(logits, sampler.generator(), None, seen) in (1, 4)  # the boosted positive ones
+
+
+def reference_probs(logits: list[float], temperature: float, top_k: int, top_p: float, min_p: float) -> list[float]:
+    """The sampling rule written out for one row in plain Python (float64), independent of the library's."""
+    scores = [-math.inf] + [x / temperature for x in logits[1:]]
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    order = sorted(range(len(scores)), key=lambda j: -scores[j])
+    keep = set(order)
+    if 0 < top_k < len(scores):
+        kth = scores[order[top_k - 1]]
+        keep = {j for j in keep if scores[j] >= kth}
+    if top_p < 1:
+        total = sum(weights[j] for j in keep)
+        kept, mass = set(), 0.0
+        for j in (j for j in order if j in keep):
+            kept.add(j)
+            mass += weights[j] / total
+            if mass >= top_p:
+                break
+        keep = kept
+    if min_p > 0:
+        keep = {j for j in keep if weights[j] >= min_p}  # weights[likeliest] = 1
+    total = sum(weights[j] for j in keep)
+    return [weights[j] / total if j in keep else 0.0 for j in range(len(scores))]
+
+
+def test_rows_filtered_at_once_each_follow_their_own_settings():
+    """sample_rows' distribution for a batch of rows, each with other settings, is the rule written out per row."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, 30, generator=generator) * 2.5
+    temperatures, top_ks, top_ps, min_ps = [0.5, 1.0, 1.7, 3.0], [0, 1, 5, 12, 40], [1, 0.9, 0.5, 0.2], [0, 0.05, 0.3]
+    settings = [(temperatures[i % 4], top_ks[i % 5], top_ps[i // 2 % 4], min_ps[i % 3]) for i in range(40)]
+    temperature, top_k, top_p, min_p = (torch.tensor(column) for column in zip(*settings))
+    log_min_p = torch.tensor([math.log(m) if m else -math.inf for m in min_p.tolist()])
+    probs = torch.softmax(filter_scores(logits, temperature.float(), top_k, top_p.float(), log_min_p.float()), -1)
+    for i, (t, k, p, m) in enumerate(settings):
+        expected = reference_probs(logits[i].tolist(), t, k, p, m)
+        assert probs[i].tolist() == pytest.approx(expected, abs=1e-5), (i, t, k, p, m)
+    # a filter no row sets may be left out, and one draw gives a token each row allows
+    plain = torch.softmax(filter_scores(logits, temperature.float(), None, None, None), -1)
+    assert torch.allclose(plain, torch.softmax(filter_scores(logits, temperature.float(), top_k * 0, None, None), -1))
+    drawn = sample_rows(logits, temperature.float(), top_k, top_p.float(), log_min_p.float(), generator)
+    assert drawn.shape == (40,) and all(probs[i, j] > 0 for i, j in enumerate(drawn.tolist()))
+
+
+def test_a_batch_draw_follows_each_rows_distribution():
+    """Drawing many rows with the same logits at once gives the softmax's frequencies (one generator for all)."""
+    rows = 20_000
+    logits = LOGITS.expand(rows, -1)
+    drawn = sample_rows(logits, torch.full((rows,), 1.5), None, None, None, torch.Generator().manual_seed(4))
+    observed = torch.bincount(drawn, minlength=7)[1:] / rows
+    assert torch.allclose(observed, torch.softmax(LOGITS[1:] / 1.5, 0), atol=0.015)
+
+
+def test_a_top_k_beyond_any_integer_type_means_no_limit():
+    """The API bounds top_k from below only: 2**80 is every token, per row and in a batch draw."""
+    huge = Sampler(temperature=5.0, top_k=2**80, seed=0)
+    assert set(draws(huge)) == set(draws(Sampler(temperature=5.0, seed=0)))
