@@ -112,15 +112,24 @@ class Sampler:
                 return int(greedy_choice(logits.numpy()))  # a CPU tensor: numpy costs a sixth of torch
             except (RuntimeError, TypeError):  # on a GPU, or part of a graph
                 return int(greedy_choice(logits))
-        vocab = logits.shape[-1]
-        scores = filter_scores(
-            logits.detach().float().cpu().reshape(1, -1),
-            torch.tensor([self.temperature], dtype=torch.float32),
-            torch.tensor([self.top_k]) if 0 < self.top_k < vocab else None,  # (any int: the schema has no bound)
-            torch.tensor([self.top_p], dtype=torch.float32) if self.top_p < 1 else None,
-            torch.tensor([log_min_p(self.min_p)], dtype=torch.float32) if self.min_p > 0 else None,
-        )
-        return int(torch.multinomial(torch.softmax(scores[0], dim=-1), 1, generator=generator))
+        # One row's rule, as filter_scores applies it to rows at once; written for one row, because one row at a
+        # time (a seeded request, the library's generate) it costs two thirds of filter_scores' time.
+        scores = logits.detach().float().cpu().clone()
+        scores[0] = -math.inf  # never <unk>
+        scores = (scores - scores.max()) / self.temperature  # ≤ 0, finite or -inf: a stable softmax
+        if self.top_k and self.top_k < scores.numel():
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores[scores < kth] = -math.inf
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True)
+            sorted_probs = torch.softmax(sorted_scores, dim=-1)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # keep the first token over top_p
+            drop[0] = False  # the most likely token always stays (top_p may round to 0 in float32)
+            scores[order[drop]] = -math.inf
+        if self.min_p > 0:  # p_j < min_p * p_max  ⇔  score_j < max score + log(min_p)
+            scores[scores < scores.max() + math.log(self.min_p)] = -math.inf
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def log_min_p(min_p: float) -> float:

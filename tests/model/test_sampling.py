@@ -126,3 +126,13 @@ def test_a_top_k_beyond_any_integer_type_means_no_limit():
     """The API bounds top_k from below only: 2**80 is every token, per row and in a batch draw."""
     huge = Sampler(temperature=5.0, top_k=2**80, seed=0)
     assert set(draws(huge)) == set(draws(Sampler(temperature=5.0, seed=0)))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p", [(1.0, 3, 1.0, 0), (2.0, 0, 0.7, 0), (3.0, 5, 0.9, 0.2)])
+def test_one_rows_sampler_keeps_the_tokens_the_rule_keeps(temperature, top_k, top_p, min_p):
+    """Sampler.choose, written for one row, and filter_scores, for rows at once, state one rule: the tokens one row
+    draws are those the written-out rule gives a probability, each it gives over 5 % drawn."""
+    expected = reference_probs(LOGITS.tolist(), temperature, top_k, top_p, min_p)
+    drawn = set(draws(Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=7)))
+    assert drawn <= {j for j, p in enumerate(expected) if p > 0}
+    assert drawn >= {j for j, p in enumerate(expected) if p > 0.05}
