@@ -114,6 +114,7 @@ def main() -> None:
         f"probe p50 beside hog  {p50_busy:9.1f} ms   max {max(busy) * 1e3:9.1f} ms   "
         f"({p50_busy / p50_idle:.1f}× idle; the big request {'still running' if still_running else 'had ended'})"
     )
+    print(f"first probe beside hog {busy[0] * 1e3:8.1f} ms")
     print(f"big request: HTTP {hog['status']} in {hog['seconds']:.1f} s; rows put aside {aside:.0f}")
 
 

@@ -7,8 +7,8 @@ Lines, each measured in this one run (so ratios between them hold while the mach
 - ``engine in process``: the engine alone, no HTTP or IPC — one request at a time through
   :class:`app.engine.core.EngineCore` (the time to beat for 1 client), and for each client count above 1,
   that many requests submitted at once (the time to beat for that many clients);
-- the default server at each ``--clients`` count (1 and 64 unless told), N tokens, greedy; streaming at 64
-  clients;
+- the default server at each ``--clients`` count (1 and 64 unless told), N tokens, greedy; streaming, and
+  sampled without a seed (temperature 0.8, top-p 0.95), at 64 clients;
 - a 0-token request (warm only) with an uncached prefix of 1, 10, 50 and 200 characters, 1 client;
 - ``RNNLM_WORKERS=2`` at 64 clients; the gated GRU (``--gated``) at 1 and 64 clients;
 - ``notebook loop``: a server running the notebook's predict loop per request (benchmarks/notebook_server.py).
@@ -288,6 +288,7 @@ def main() -> None:
                         print(f"  {clients} clients served / engine in process = {served / in_process[clients]:.2f}")
                 if 64 in args.clients:
                     measure("default, streaming", base, 64, tail + ', "stream": true')
+                    measure("default, sampled", base, 64, tail + ', "temperature": 0.8, "top_p": 0.95')
             if "zero" in only:
                 for n in (1, 10, 50, 200):
                     files = tmp / f"prefixes{n}.txt"
