@@ -6,7 +6,10 @@ Lua script that POSTs /predict bodies whose prefixes are drawn at random from th
 Lines, each measured in this one run (so ratios between them hold while the machine's speed drifts):
 - ``engine in process``: the engine alone, no HTTP or IPC — one request at a time through
   :class:`app.engine.core.EngineCore` (the time to beat for 1 client), and for each client count above 1,
-  that many requests submitted at once (the time to beat for that many clients);
+  that many requests submitted at once (the time to beat for that many clients), its OpenBLAS threads sized
+  per turn as the serving engine sizes them (``app/engine/cpus.py``: one thread for the tanh RNN at 64 rows,
+  so that the HTTP side has the other core) — and, beside it, with every core to the engine (what a machine
+  with cores to spare for HTTP could serve). The served/in-process ratios compare with the first;
 - the default server at each ``--clients`` count (1 and 64 unless told), N tokens, greedy; streaming, and
   sampled without a seed (temperature 0.8, top-p 0.95), at 64 clients;
 - a 0-token request (warm only) with an uncached prefix of 1, 10, 50 and 200 characters, 1 client;
@@ -119,10 +122,17 @@ def run_wrk(base: str, clients: int, seconds: float, prefixes: Path, tail: str, 
 
 
 def engine_in_process(
-    weights: str, prefixes: list[str], tokens: int, repeats: int, rows: int = 1, device: str = "cpu"
+    weights: str,
+    prefixes: list[str],
+    tokens: int,
+    repeats: int,
+    rows: int = 1,
+    device: str = "cpu",
+    every_core: bool = False,
 ) -> float:
     """Median ms for ``rows`` requests submitted at once (uncached prefixes, ``tokens`` greedy each) through the
-    engine alone, until the last one ends."""
+    engine alone, until the last one ends: its OpenBLAS threads sized per turn as the serving engine sizes them
+    (one at 64 rows of the tanh RNN, leaving a core to the HTTP side), or with ``every_core`` all of them."""
     from app import protocol as p
     from app.engine.core import EngineCore, _Connection, _Request
     from app.settings import Settings
@@ -144,6 +154,8 @@ def engine_in_process(
                 body = p.GenerateRequest(prefixes[(i * rows + j) % len(prefixes)], tokens, [{"temperature": 0.0}])
                 core._submit(_Request(bench, i * rows + j, None), core._generation_job, body)
             while core.scheduler.busy:
+                if not every_core:
+                    core.blas.fit(core.scheduler.batch_rows + core.scheduler.queued)
                 core.scheduler.run_once()
             times.append(time.perf_counter() - start)
             core._outbox.clear()
@@ -275,7 +287,11 @@ def main() -> None:
                 if rows > 1:
                     ms = engine_in_process(args.weights, sample, args.tokens, 7, rows, args.device)
                     in_process[rows] = rows * args.tokens / ms * 1000
-                    print(f"{'engine in process':<22} {rows:>3} requests at once: {in_process[rows]:>9,.0f} tok/s")
+                    ms_all = engine_in_process(args.weights, sample, args.tokens, 7, rows, args.device, True)
+                    print(
+                        f"{'engine in process':<22} {rows:>3} requests at once: {in_process[rows]:>9,.0f} tok/s "
+                        f"(BLAS threads as served; every core to the engine: {rows * args.tokens / ms_all * 1000:,.0f})"
+                    )
         base, proc = start_server(args.weights, tmp / "default.log", RNNLM_WORKERS=str(args.http_workers), **env)
         try:
             if "default" in only:

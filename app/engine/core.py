@@ -1,12 +1,13 @@
 """The engine process: the one place the model runs.
 
 It owns the model, the continuous batch (:class:`~app.engine.scheduler.Scheduler`), the prefix cache, its OpenBLAS
-threads and its floating-point settings, and serves every HTTP process of the server on one Unix-domain
-socket (one connection per HTTP process; frames as :mod:`app.protocol` writes them). Its loop reads all
-waiting requests, runs one scheduler turn, then sends each HTTP process one frame with everything that turn
-produced — finished results, and streamed text coalesced by time (``stream_flush_ms``; the first piece of
-every stream goes at once). A lone sequence generating with nothing else to do looks at the sockets every
-``SERVICE_EVERY_S`` so new requests join the batch. An HTTP process that goes away has its requests cancelled.
+threads and its floating-point settings (what each request message becomes is :mod:`app.engine.requests`), and
+serves every HTTP process of the server on one Unix-domain socket (one connection per HTTP process; frames as
+:mod:`app.protocol` writes them). Its loop reads all waiting requests, runs one scheduler turn, then sends each
+HTTP process one frame with everything that turn produced — finished results, and streamed text coalesced by
+time (``stream_flush_ms``; the first piece of every stream goes at once). A lone sequence generating with nothing
+else to do looks at the sockets every ``SERVICE_EVERY_S`` so new requests join the batch. An HTTP process that
+goes away has its requests cancelled.
 
 Lifetime: started and watched by :class:`app.supervisor.EngineSupervisor` through a pipe, on which it reports
 ``("ready", pid)`` or ``("error", message)`` once, and whose closing (the supervisor has gone) ends it at once.
@@ -17,7 +18,6 @@ engine); SIGTERM drains: running work finishes, new work gets 503, then it exits
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import selectors
@@ -32,16 +32,14 @@ import torch
 
 from app import protocol as p
 from app.engine.cpus import BlasThreads, engine_blas_threads, limit_blas_threads, usable_cpus
-from app.engine.generation import Decoding
 from app.engine.jobs import GenerationJob, QueueFull, TaskJob
 from app.engine.prefix_cache import PrefixCache
+from app.engine.requests import Requests
 from app.engine.scheduler import OneAtATime, Scheduler, prepare_model_thread
 from app.engine.state_tokens import VERSION as STATE_VERSION
 from app.engine.state_tokens import StateCodec, StateTokenError
 from app.settings import Settings
-from model import Score, State, WeightsError, load_weights
-from model.inference import iter_score, iter_warm
-from model.sampling import Sampler
+from model import WeightsError, load_weights
 
 __all__ = ["EngineCore", "StartupError", "main"]
 
@@ -115,9 +113,7 @@ class EngineCore:
         self.model = self.loaded.model
         self.vocab = self.loaded.vocab
         secret = settings.state_secret.get_secret_value().encode() if settings.state_secret else secrets.token_bytes(32)
-        zeros = self.model.init_state(1)
-        self.state_shape = (len(zeros), *zeros[0].shape)  # (tensors, layers, 1, hidden)
-        self.states = StateCodec(secret, self.loaded.sha256, math.prod(self.state_shape))
+        self.states = StateCodec(secret, self.loaded.sha256, sum(s.numel() for s in self.model.init_state(1)))
         self.blas = BlasThreads(self.blas_threads, step_flops(self.model))
         self.cache = (
             PrefixCache(settings.prefix_cache_entries, int(settings.prefix_cache_mb * 2**20))
@@ -139,6 +135,7 @@ class EngineCore:
             self.scheduler = OneAtATime(
                 self.model, self.cache, settings.max_queue, settings.chunk_chars, self._interrupt
             )
+        self.requests = Requests(self.model, self.vocab, self.cache, self.states, settings.chunk_chars)
         self.flush_s = settings.stream_flush_ms / 1000
         self._requests: dict[tuple[_Connection, int], _Request] = {}
         self._outbox: dict[_Connection, list[tuple]] = {}
@@ -149,8 +146,6 @@ class EngineCore:
         self._draining_since: float | None = None
         self.requests_served = 0
         self.busy_seconds = 0.0  # time spent running the model (scheduler turns)
-        self.chars_read = 0  # characters the model has read for requests: uncached prompts, scored texts
-        self.state_tokens_read = 0
         if os.path.exists(address):  # a previous engine's socket file
             os.unlink(address)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -304,110 +299,15 @@ class EngineCore:
         self._submitted += 1
 
     def _generation_job(self, request: _Request, r: p.GenerateRequest) -> GenerationJob:
-        ids = self.vocab.encode(r.prefix)
-        unknown = self.vocab.count_unknown(ids)
-        start, chars, root = self._open_state(r.state)
-        decodings = []
-        for i, fields in enumerate(r.samplers):
-            on_piece = None
-            if r.stream:
-                stream = _Stream(i)
-                request.streams.append(stream)
-                on_piece = self._piece_sink(request, stream)
-            decodings.append(
-                Decoding(
-                    r.prefix,
-                    self.vocab,
-                    r.num_tokens,
-                    Sampler(**fields),
-                    r.stops,
-                    r.top_logprobs,
-                    on_piece,
-                    r.min_tokens,
-                    ids,
-                )
-            )
-        job = GenerationJob(
-            on_done=lambda result, error: self._done(request, result, error),
-            text=r.prefix,
-            ids=ids,
-            decodings=decodings,
-            start=start,
-            root=root,
-            want_state=r.return_state,
-            group=None if r.group is None else (request.client, r.group),
-        )
-        job.chars_before = chars
-        if not r.prefix:  # from the state as it is: H_0 = 0 (the notebook's), or the client's
-            job.start = self.model.init_state(1) if start is None else start
-            with torch.inference_mode():
-                job.start_logits = self.model.next_logits(job.start)[0].clone()
-        hit = self.cache.lookup(r.prefix, root=root) if self.cache is not None and r.prefix else None
-        if hit is not None:  # else job.start stays the client's state, or None: zeros
-            job.start, job.start_at = hit.state, hit.length
-            if hit.length == len(r.prefix):
-                job.start_logits = hit.logits
-        job.unknown = unknown
-        self.chars_read += len(ids) - job.start_at
-        return job
+        on_pieces = None
+        if r.stream:
+            request.streams = [_Stream(i) for i in range(len(r.samplers))]
+            on_pieces = [self._piece_sink(request, stream) for stream in request.streams]
+        group = None if r.group is None else (request.client, r.group)  # one HTTP request's prompts
+        return self.requests.generation(r, lambda result, error: self._done(request, result, error), on_pieces, group)
 
     def _score_job(self, request: _Request, r: p.ScoreRequest) -> TaskJob:
-        ids = self.vocab.encode(r.text)
-        context_ids = self.vocab.encode(r.context) if r.context else None
-        unknown = self.vocab.count_unknown(ids) + (0 if context_ids is None else self.vocab.count_unknown(context_ids))
-        start, chars, root = self._open_state(r.state)
-        cached = 0
-        if context_ids is not None and self.cache is not None:
-            hit = self.cache.lookup(r.context, max_length=len(r.context) - 1, root=root)
-            if hit is not None:
-                cached, start = hit.length, hit.state
-        steps = self._score_steps(ids, r, context_ids, cached, start, root)
-        job = TaskJob(on_done=lambda result, error: self._done(request, result, error), steps=steps)
-        job.unknown, job.cached, job.top_k = unknown, cached, r.top_k
-        job.chars_after = chars + len(r.text) + (len(r.context) if r.context else 0)
-        self.chars_read += len(ids) + (len(context_ids) - cached if context_ids is not None else 0)
-        return job
-
-    def _score_steps(self, ids, r: p.ScoreRequest, context_ids, cached: int, start: State | None, root: str):
-        """Read the uncached part of the context but its last character from ``start`` (caching the state
-        there), then score."""
-        chunk = self.settings.chunk_chars
-        if context_ids is not None:
-            if len(context_ids) - 1 > cached:
-                start, logits = yield from iter_warm(self.model, context_ids[cached:-1], start, chunk)
-                if self.cache is not None:
-                    self.cache.put(r.context[:-1], start, logits, root)
-            context_ids = context_ids[-1:]
-        return (
-            yield from iter_score(
-                self.model,
-                ids,
-                context_ids,
-                start=start,
-                return_logprobs=r.return_logprobs,
-                top_k=r.top_k,
-                return_state=r.return_state,
-                chunk_size=chunk,
-            )
-        )
-
-    # -- state tokens ---------------------------------------------------------------------------------------
-    def _open_state(self, token: str | None) -> tuple[State | None, int, str]:
-        """The state a client's token holds, the characters it has read, and its name in the prefix cache
-        (none of them for no token)."""
-        if token is None:
-            return None, 0, ""
-        opened = self.states.open(token)
-        values = torch.frombuffer(bytearray(opened.data), dtype=torch.float32)
-        if not torch.isfinite(values).all():
-            raise StateTokenError(422, "state token holds NaN or infinite values")
-        self.state_tokens_read += 1
-        state = tuple(values.view(self.state_shape).to(self.model.device, self.model.w_y.dtype).unbind(0))
-        return state, opened.chars, opened.tag[:16].hex()
-
-    def _seal(self, state: State, chars: int) -> str:
-        data = torch.stack([s.detach().float() for s in state]).cpu().contiguous().numpy().tobytes()
-        return self.states.seal(chars, data)
+        return self.requests.scoring(r, lambda result, error: self._done(request, result, error))
 
     # -- outgoing -------------------------------------------------------------------------------------------
     def _piece_sink(self, request: _Request, stream: _Stream) -> Callable[[str, list[p.TokenInfo]], None]:
@@ -430,29 +330,10 @@ class EngineCore:
             return
         job = request.job
         if isinstance(job, GenerationJob):
-            payload = [d.result(job.start_at, job.unknown) for d in job.decodings]
-            for d, out in zip(job.decodings, payload):
-                if d.final_state is not None:
-                    out.state_chars = job.chars_before + len(d.prefix) + len(d.generated)
-                    out.state = self._seal(d.final_state, out.state_chars)
+            payload = self.requests.generation_reply(job)
         else:
-            payload = self._score_result(result, job)
+            payload = self.requests.score_reply(result, job)
         self._post(request.client, (p.DONE, request.rid, payload))
-
-    def _score_result(self, score: Score | None, job: TaskJob) -> p.ScoreResult | None:
-        if score is None:  # cancelled
-            return None
-        top = None
-        if job.top_k:
-            tokens = self.vocab.tokens
-            top = [
-                {tokens[t]: v for t, v in zip(ids, values)} for ids, values in zip(score.top_ids, score.top_logprobs)
-            ]
-        out = p.ScoreResult(score.nll, score.num_scored, score.token_logprobs, top, job.unknown, job.cached)
-        if score.state is not None:
-            out.state_chars = job.chars_after
-            out.state = self._seal(score.state, out.state_chars)
-        return out
 
     def _reply_error(self, client: _Connection, rid: int, error: BaseException) -> None:
         param = None
@@ -525,8 +406,8 @@ class EngineCore:
             "requests_in_engine": len(self._requests),
             "requests_served": self.requests_served,
             "busy_seconds": self.busy_seconds,
-            "chars_read": self.chars_read,
-            "state_tokens_read": self.state_tokens_read,
+            "chars_read": self.requests.chars_read,
+            "state_tokens_read": self.requests.state_tokens_read,
         }
         if cache is not None:
             out.update(
