@@ -6,7 +6,9 @@ supervises never imports torch. Each engine reports ``ready`` or a one-line star
 other end this supervisor holds: if the supervisor goes, the engine sees the pipe close and exits.
 
 The engine listens on a Unix-domain socket in a fresh directory only this user can enter; the HTTP processes
-connect to :attr:`EngineSupervisor.address` (``RNNLM_ENGINE_ADDRESS`` for the workers of ``rnnlm-serve``).
+connect to :attr:`EngineSupervisor.address` (``RNNLM_ENGINE_ADDRESS`` for the workers of ``rnnlm-serve``). The
+directory holds the supervisor's pid; a server killed outright (``kill -9``) cannot remove its directory, so each
+supervisor removes, as it starts, this user's directories whose supervisor is no longer running.
 """
 
 from __future__ import annotations
@@ -14,26 +16,58 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from pydantic import SecretStr
 
 from app.settings import Settings
 
-__all__ = ["EngineStartError", "EngineSupervisor"]
+__all__ = ["EngineStartError", "EngineSupervisor", "remove_stale_engine_dirs"]
 
 logger = logging.getLogger("rnnlm")
 
+DIR_PREFIX = "rnnlm-engine-"
+OWNER_FILE = "supervisor.pid"
 START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_S = (0.05, 5.0)  # first and longest wait before restarting an engine that died
 
 
 class EngineStartError(Exception):
     """The engine could not start: the message is its one line (a bad weight file, an unusable device)."""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    return True
+
+
+def remove_stale_engine_dirs(root: Path | None = None) -> list[Path]:
+    """Remove this user's engine directories under ``root`` (the temporary directory) whose supervisor is no
+    longer running — left by a server that was killed outright; returns those removed. A directory without a
+    pid file (a supervisor that is starting) is left alone."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        try:
+            if path.stat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            pid = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _running(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _context():
@@ -50,7 +84,10 @@ class EngineSupervisor:
             secret = SecretStr(secrets.token_urlsafe(32))
         # the engine never needs the API key
         self.settings = settings.model_copy(update={"api_key": None, "state_secret": secret})
-        self._dir = tempfile.mkdtemp(prefix="rnnlm-engine-")  # mode 0700
+        for stale in remove_stale_engine_dirs():
+            logger.info("removed %s, left by a server that is no longer running", stale)
+        self._dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
+        Path(self._dir, OWNER_FILE).write_text(str(os.getpid()))
         self.address = f"{self._dir}/engine.sock"
         self._ctx = _context()
         self.process = None

@@ -62,11 +62,19 @@ def save_checkpoint(
 
 def load_checkpoint(path: str) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainError(f"--resume {path}: file not found") from None
+    except IsADirectoryError:
+        raise TrainError(f"--resume {path}: is a directory; give the run's checkpoint (OUT.ckpt)") from None
     except Exception as e:
         raise TrainError(f"--resume {path}: not a usable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"args", "model", "vocab"} <= ckpt.keys():
+        hint = (
+            " (a weight file: resume from the checkpoint beside it, OUT.ckpt)" if path.endswith(".safetensors") else ""
+        )
+        raise TrainError(f"--resume {path}: not a checkpoint of this trainer{hint}")
+    return ckpt
 
 
 def restore_checkpoint(

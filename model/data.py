@@ -31,8 +31,11 @@ class Corpus:
 
 
 def read_bytes(path: Path, limit: int = -1) -> bytes:
-    """The file's bytes (at most ``limit``), or a one-line CorpusError for a missing, unreadable or empty file."""
+    """The file's bytes (at most ``limit``), or a one-line CorpusError for a missing, unreadable or empty file, or
+    one that is not a regular file (a device such as /dev/zero or a pipe never ends: its size cannot be known)."""
     try:
+        if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():
+            raise CorpusError(f"corpus {path}: not a regular file (a device or a pipe): give a text file")
         with open(path, "rb") as f:
             data = f.read(limit)
     except FileNotFoundError:

@@ -59,6 +59,8 @@ def train(args: argparse.Namespace) -> int:
     main_rank = rank == 0
     device = torch.device(_pick_device(args.device, rank))
     out = Path(args.out)
+    if main_rank:  # before the corpus is read: encoding a large one takes minutes
+        _check_writable(out.parent, out)
     ckpt_path = out.with_suffix(".ckpt")
     metrics_path = out.with_suffix(".metrics.jsonl")
     plot_path = out.with_suffix(".png")
@@ -138,7 +140,6 @@ def train(args: argparse.Namespace) -> int:
 
     # -- output files -----------------------------------------------------------------------------------------
     if main_rank:
-        _check_writable(out.parent)
         _remove_stale_temporaries(out.parent, (out, ckpt_path, plot_path))
     can_plot = _can_plot()
     limit = total_steps if args.max_steps is None else min(args.max_steps, total_steps)
@@ -321,7 +322,10 @@ def _pick_device(choice: str, rank: int) -> str:
     return "cpu"
 
 
-def _check_writable(directory: Path) -> None:
+def _check_writable(directory: Path, out: Path) -> None:
+    """Fail now, not at the first write after minutes of training."""
+    if out.is_dir():
+        raise TrainError(f"--out {out}: is a folder; name the weight file to write, e.g. {out / 'model.safetensors'}")
     if not directory.is_dir():
         raise TrainError(f"--out: the folder {directory} does not exist (create it first)")
     try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from model.cells import CELLS
+from model.train_error import TrainError
 
 __all__ = ["RESUMABLE", "build_parser", "parse_args", "resumed_args"]
 
@@ -18,8 +20,8 @@ writes a metrics log (``OUT.metrics.jsonl``) and, with matplotlib installed, a p
 Runs unchanged under ``torchrun --nproc_per_node=K -m model.train ...`` (DDP: gloo on CPU, nccl on CUDA).
 """
 
-# Options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir"}
+# Options a resumed run may change; everything else comes from the checkpoint (given with another value: refused).
+RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir", "new_corpus"}
 
 
 def _int_at_least(low: int, expected: str):
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (OUT.ckpt)")
     p.add_argument(
+        "--new-corpus",
+        action="store_true",
+        help="with --resume and --corpus: continue on this corpus instead of the run's own (the model's vocabulary "
+        "stays, other characters read as <unk>; the position in the data is the run's step count)",
+    )
+    p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available, else CPU"
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (None: torch's choice)")
@@ -179,11 +187,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--corpus is required (or --resume a checkpoint)")
     if "distill" in args.given and args.teacher is None and args.resume is None:
         parser.error("--distill needs --teacher")
+    if args.new_corpus and (args.resume is None or not args.corpus):
+        parser.error("--new-corpus needs --resume and --corpus")
     return args
 
 
 def resumed_args(args: argparse.Namespace, saved: dict) -> argparse.Namespace:
     """The run's options on resume: the checkpoint's, except those in RESUMABLE given on this command line (and
-    this command line's defaults for options the checkpoint's trainer did not have)."""
+    this command line's defaults for options the checkpoint's trainer did not have). Any other option given with
+    a value other than the run's is refused (a :class:`TrainError`), and so is another corpus without
+    ``--new-corpus``: a resumed run continues exactly, so it must not seem to take them."""
     changed = {key: getattr(args, key) for key in args.given if key in RESUMABLE}
+    changed["new_corpus"] = args.new_corpus  # a flag: never in args.given
+    conflicts = [
+        key
+        for key in args.given
+        if key not in RESUMABLE and key in saved and not _same(key, getattr(args, key), saved[key])
+    ]
+    if "corpus" in conflicts and args.new_corpus:
+        conflicts.remove("corpus")
+        changed["corpus"] = args.corpus
+    if conflicts:
+        given = "; ".join(
+            f"--{k.replace('_', '-')} {_shown(getattr(args, k))} (the run's: {_shown(saved[k])})" for k in conflicts
+        )
+        hint = " — to continue on another corpus, add --new-corpus" if "corpus" in conflicts else ""
+        may = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUMABLE - {"resume", "new_corpus"}))
+        raise TrainError(
+            f"--resume continues the run as it started, so it cannot take {given}; it may change {may}{hint}"
+        )
     return argparse.Namespace(**{**vars(args), **saved, **changed, "given": args.given})
+
+
+def _same(key: str, given, saved) -> bool:
+    if key == "corpus":  # the same files, however they are named
+        return [os.path.realpath(p) for p in given or []] == [os.path.realpath(p) for p in saved or []]
+    return given == saved
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)

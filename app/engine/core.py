@@ -329,10 +329,14 @@ class EngineCore:
             self._reply_error(request.client, request.rid, error)
             return
         job = request.job
-        if isinstance(job, GenerationJob):
-            payload = self.requests.generation_reply(job)
-        else:
-            payload = self.requests.score_reply(result, job)
+        try:  # a reply that cannot be made (a state that cannot be sealed) fails its request, nothing else
+            if isinstance(job, GenerationJob):
+                payload = self.requests.generation_reply(job)
+            else:
+                payload = self.requests.score_reply(result, job)
+        except Exception as error:
+            self._reply_error(request.client, request.rid, error)
+            return
         self._post(request.client, (p.DONE, request.rid, payload))
 
     def _reply_error(self, client: _Connection, rid: int, error: BaseException) -> None:

@@ -15,7 +15,9 @@ A token is URL-safe base64 (no padding) of ``header ‖ state ‖ tag``:
 What a refused token gets (the project's error body, ``param`` naming the field): 400 for a token that is not
 base64, is truncated or too long, has an unknown version, or whose tag does not match (altered, or signed with
 another secret); 409 for a genuine token of another model; 422 for a genuine token whose state holds NaN or
-an infinity. Nothing here imports torch: the engine turns the state bytes into tensors.
+an infinity, or that claims to have read :data:`MAX_CHARS` characters or more (no server reads that many, and a
+count that large would leave no room to count what the request reads next). Nothing here imports torch: the
+engine turns the state bytes into tensors.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import re
 import struct
 from dataclasses import dataclass
 
-__all__ = ["HEADER", "TAG_BYTES", "VERSION", "StateCodec", "StateTokenError"]
+__all__ = ["HEADER", "MAX_CHARS", "TAG_BYTES", "VERSION", "StateCodec", "StateTokenError"]
 
 VERSION = 1
 HEADER = struct.Struct("<B32sQ")  # version, the weight file's sha256, characters read
 TAG_BYTES = 32
+MAX_CHARS = 2**62  # a token's character count is below this; the header's field holds up to 2^64 - 1
 _FLOAT = 4
 _ALPHABET = re.compile(r"[A-Za-z0-9_-]*")  # URL-safe base64, without padding
 
@@ -74,6 +77,8 @@ class StateCodec:
         """The token for a state (``data``: its float32 bytes) that has read ``chars`` characters."""
         if len(data) != self.state_bytes:
             raise ValueError(f"a state of this model has {self.state_bytes} bytes, not {len(data)}")
+        if not 0 <= chars < 2**64:
+            raise ValueError(f"a state token counts 0 to 2^64 - 1 characters, not {chars}")
         body = HEADER.pack(VERSION, self._digest, chars) + data
         return _b64(body + self._tag(body))
 
@@ -109,5 +114,9 @@ class StateCodec:
                 409,
                 f"state token was made by another model (weights sha256 {digest.hex()[:16]}…), "
                 f"not this server's ({self._digest.hex()[:16]}…)",
+            )
+        if chars >= MAX_CHARS:
+            raise StateTokenError(
+                422, f"state token claims to have read {chars:,} characters: at most {MAX_CHARS - 1:,}"
             )
         return OpenedState(chars, body[HEADER.size :], tag)

@@ -244,3 +244,27 @@ def test_an_unusable_device_exits_2_with_one_line_naming_the_variable(weights_fi
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnlm-serve: error: RNNLM_DEVICE="), run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_a_server_killed_outright_leaves_a_directory_the_next_server_removes(weights_file, tmp_path):
+    """kill -9 of rnnlm-serve: its engine exits (its lifeline closed), but the socket's directory stays; the next
+    server removes it as it starts, and leaves alone the directories of servers still running."""
+    from app.supervisor import DIR_PREFIX, OWNER_FILE
+
+    temp = Path(os.environ.get("TMPDIR", "/tmp"))
+    before = set(temp.glob(f"{DIR_PREFIX}*"))
+    base, proc = start_server(weights_file, tmp_path / "first.log")
+    ours = [d for d in set(temp.glob(f"{DIR_PREFIX}*")) - before if (d / OWNER_FILE).read_text() == str(proc.pid)]
+    assert len(ours) == 1 and (ours[0] / "engine.sock").exists()
+    proc.kill()
+    proc.wait()
+    proc.log.close()
+    assert ours[0].exists()  # nobody could remove it
+    others = [d for d in before if d.exists()]  # servers of other tests, still running
+    base, proc = start_server(weights_file, tmp_path / "second.log")
+    try:
+        assert not ours[0].exists()
+        assert all(d.exists() for d in others if (d / OWNER_FILE).exists())
+        assert httpx.post(f"{base}/predict", json={"prefix": "All:", "num_tokens": 3}).status_code == 200
+    finally:
+        stop_server(proc)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.engine.state_tokens import HEADER, TAG_BYTES, VERSION, StateCodec, StateTokenError
+from app.engine.state_tokens import HEADER, MAX_CHARS, TAG_BYTES, VERSION, StateCodec, StateTokenError
 from app.main import create_app
 from app.settings import Settings
 from model import load_weights
@@ -174,13 +174,16 @@ def test_the_token_holds_the_model_s_state_as_documented(api, cell_weights):
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
-def reseal(token: str, secret: str, sha256: bytes | None = None, values: bytes | None = None) -> str:
-    """The token's state, signed again: with another secret, another model's digest, or other values."""
+def reseal(
+    token: str, secret: str, sha256: bytes | None = None, values: bytes | None = None, chars: int | None = None
+) -> str:
+    """The token's state, signed again: with another secret, another model's digest, other values or another
+    character count."""
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    version, digest, chars = HEADER.unpack_from(raw)
+    version, digest, read = HEADER.unpack_from(raw)
     data = raw[HEADER.size : -TAG_BYTES] if values is None else values
     codec = StateCodec(secret.encode(), (sha256 or digest).hex(), len(data) // 4)
-    return codec.seal(chars, data)
+    return codec.seal(read if chars is None else chars, data)
 
 
 def test_tokens_that_are_not_genuine_are_refused_naming_the_problem(api):
@@ -212,6 +215,11 @@ def test_tokens_that_are_not_genuine_are_refused_naming_the_problem(api):
     other_version = bytearray(raw)
     other_version[0] = VERSION + 1
     refused(base64.urlsafe_b64encode(bytes(other_version)).rstrip(b"=").decode(), 400, "format version")
+    # genuine, but claiming a count no server reads (2^64 - 1 would overflow the count of the next token)
+    for route in ("/predict", "/perplexity"):
+        refused(reseal(token, SECRET, chars=2**64 - 1), 422, "claims to have read", route)
+    most = predict(api, B, 5, state=reseal(token, SECRET, chars=MAX_CHARS - 1), return_state=True)
+    assert most["state_chars"] == MAX_CHARS - 1 + len(B) + 5
     # the genuine token still works after all that
     assert predict(api, B, 5, state=token)["num_tokens"] == 5
 
@@ -246,6 +254,8 @@ def test_the_codec_refuses_what_it_did_not_seal():
     assert e.value.status == 409
     with pytest.raises(ValueError):
         codec.seal(1, data[:-4])
+    with pytest.raises(ValueError):
+        codec.seal(2**64, data)
 
 
 # -- the OpenAI routes, through the openai client ---------------------------------------------------------------

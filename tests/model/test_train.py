@@ -14,6 +14,7 @@ import torch
 
 from model import load_weights, score
 from model.train import main
+from model.train_error import TrainError
 
 REPETITIVE = "the cat sat on the mat. " * 400
 
@@ -192,6 +193,10 @@ def write(path, data: bytes):
             "the folder",
         ),
         (lambda d: ["--resume", write(d / "bad.ckpt", b"not a checkpoint")], "not a usable checkpoint"),
+        (lambda d: ["--resume", "weights/rnn.safetensors"], "a weight file: resume from the checkpoint beside it"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--out", str(d)], "is a folder"),
+        (lambda d: ["--corpus", "/dev/zero"], "not a regular file"),
+        (lambda d: ["--corpus", write(d / "ok.txt", REPETITIVE.encode()), "--new-corpus"], "--new-corpus needs"),
         (lambda d: [], "--corpus is required"),
     ],
     ids=[
@@ -208,6 +213,10 @@ def write(path, data: bytes):
         "out-under-a-file",
         "out-in-a-missing-folder",
         "bad-resume",
+        "resume-a-weight-file",
+        "out-a-folder",
+        "corpus-a-device",
+        "new-corpus-without-resume",
         "no-corpus",
     ],
 )
@@ -290,11 +299,38 @@ def test_options_given_on_the_command_line_are_known_from_one_parse_and_resume_t
 
     fresh = parse_args(["--corpus", "a.txt", "--epochs", "3", "--lr", "0.01"])
     assert fresh.given == ["corpus", "epochs", "lr"] and fresh.epochs == 3 and fresh.hidden == 512
-    args = parse_args(["--resume", "run.ckpt", "--epochs", "9", "--lr", "0.5"])
+    args = parse_args(["--resume", "run.ckpt", "--epochs", "9", "--lr", "0.01"])
     saved = {"corpus": ["a.txt"], "epochs": 3, "lr": 0.01, "cell": "gru", "hidden": 64, "resume": None}
     resumed = resumed_args(args, saved)
     assert resumed.epochs == 9  # resumable and given: this command line's
-    assert resumed.lr == 0.01  # not resumable: the checkpoint's, so the run continues exactly
+    assert resumed.lr == 0.01  # not resumable: the checkpoint's (given with the same value: fine)
+    with pytest.raises(TrainError, match="--lr 0.5"):  # with another: refused, the run continues exactly
+        resumed_args(parse_args(["--resume", "run.ckpt", "--lr", "0.5"]), saved)
     assert (resumed.cell, resumed.hidden, resumed.corpus) == ("gru", 64, ["a.txt"])
     assert resumed.resume == "run.ckpt"
     assert resumed.eval_chars == 200_000  # not in this (older) checkpoint: this command line's default
+
+
+def test_resuming_with_other_options_is_refused_before_any_training_and_another_corpus_needs_saying_so(
+    tmp_path, corpus, capsys
+):
+    """A resumed run continues exactly as it started: an option it cannot change, given with another value, is
+    refused in one line (the same value is fine); another corpus is refused unless --new-corpus says so."""
+    out = train(tmp_path, corpus, "run", "--max-steps", "2")
+    capsys.readouterr()
+    ckpt = str(out.with_suffix(".ckpt"))
+    before = out.read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("a different corpus, the dog sat on the log. " * 200)
+    for extra, words in [
+        (["--hidden", "64"], "--hidden 64 (the run's: 32)"),
+        (["--lr", "0.5", "--cell", "gru"], "--cell gru (the run's: rnn); --lr 0.5 (the run's: 0.002)"),
+        (["--corpus", str(other)], "add --new-corpus"),
+    ]:
+        assert main(["--resume", ckpt, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert out.read_bytes() == before  # nothing trained
+    assert main(["--resume", ckpt, "--hidden", "32", "--corpus", str(corpus), "--max-steps", "3"]) == 0
+    assert main(["--resume", ckpt, "--corpus", str(other), "--new-corpus", "--max-steps", "4"]) == 0
+    assert load_weights(out).training["corpus"][0]["name"].endswith("other.txt")
