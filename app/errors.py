@@ -80,6 +80,10 @@ def _message(error: dict, param: str | None) -> str:
     kind, ctx, value = error.get("type"), error.get("ctx", {}), error.get("input")
     if kind == "extra_forbidden":
         return f"unknown field {param!r}"
+    if kind == "missing" and param is None:
+        return "the request needs a JSON object as its body"
+    if kind in ("model_attributes_type", "model_type", "dict_type") and param is None:
+        return "the request's body must be a JSON object"
     if kind == "missing":
         return f"field {param!r} is required"
     if kind == "less_than_equal" and isinstance(value, (int, float)):

@@ -37,11 +37,12 @@ async def send_error(send: Send, status: int, message: str, headers: list | None
 
 
 class ApiKeyMiddleware:
-    """When a key is configured, every request but OPTIONS, the probes and the page needs ``Bearer <key>``."""
+    """When a key is configured, every request but OPTIONS, the probes and the page needs ``Bearer <key>`` (the
+    scheme in any case, as RFC 7235 says, then one or more spaces)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, public_paths: set[str] = PUBLIC_PATHS):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,7 +54,8 @@ class ApiKeyMiddleware:
         ):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        scheme, _, credentials = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.lstrip(b" "), self.expected):
             message = "missing API key" if not given else "invalid API key"
             return await send_error(
                 send, 401, f"{message}: send 'Authorization: Bearer <key>'", [(b"www-authenticate", b"Bearer")]

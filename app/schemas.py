@@ -173,7 +173,7 @@ class PerplexityRequest(Request):
             "anyOf": [
                 {"properties": {"text": {"minLength": 2}}},
                 {"properties": {"context": {"type": "string", "minLength": 1}}, "required": ["context"]},
-                {"properties": {"state": {"type": "string"}}, "required": ["state"]},
+                {"properties": {"state": {"type": "string", "minLength": 1}}, "required": ["state"]},  # "": none
             ],
             "description": "text needs 2 characters, or 1 after a non-empty context or a state",
         },
@@ -425,7 +425,12 @@ class ChatCompletionRequest(SamplingFields, StateFields):
         "only {'type': 'text'}: anything else is a 400",
         {
             "anyOf": [
-                {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]},
+                {
+                    "type": "object",
+                    "properties": {"type": {"const": "text"}},
+                    "required": ["type"],
+                    "additionalProperties": False,
+                },
                 {"type": "null"},
             ]
         },

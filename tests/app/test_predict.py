@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -155,6 +156,16 @@ def test_predict_enforces_the_token_and_character_limits(client, settings):
 def test_invalid_json_is_a_400(client):
     r = client.post("/predict", content=b'{"prefix": "a",', headers={"content-type": "application/json"})
     assert_error(r, 400)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [(b"", "needs a JSON object as its body"), (None, "needs a JSON object"), (b"null", "must be a JSON object")],
+)
+def test_no_body_or_one_that_is_not_an_object_says_so(client, body, words):
+    for path in ("/predict", "/perplexity", "/v1/completions"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"} if body is not None else {})
+        assert words in assert_error(r, 422, None)["message"]
 
 
 def test_a_body_over_the_limit_is_a_413_before_parsing(client, settings):

@@ -43,7 +43,7 @@ def test_api_conforms_to_its_schema(tmp_path):
                 "--checks",
                 "all",
                 "--max-examples",
-                "30",
+                "100",
                 "--seed",
                 "1",
                 "--workers",

@@ -28,8 +28,11 @@ def test_routes_need_the_api_key_when_one_is_set(secured):
         assert r.headers["www-authenticate"] == "Bearer"
         assert_error(secured.request(method, path, json=body, headers={"Authorization": "Bearer wrong"}), 401)
         assert_error(secured.request(method, path, json=body, headers={"Authorization": KEY}), 401)
-        ok = secured.request(method, path, json=body, headers={"Authorization": f"Bearer {KEY}"})
-        assert ok.status_code == 200, (path, ok.text)
+        assert_error(secured.request(method, path, json=body, headers={"Authorization": f"Basic {KEY}"}), 401)
+        assert_error(secured.request(method, path, json=body, headers={"Authorization": f"Bearer {KEY}x"}), 401)
+        for scheme in ("Bearer ", "bearer ", "BEARER  "):  # RFC 7235: the scheme in any case
+            ok = secured.request(method, path, json=body, headers={"Authorization": f"{scheme}{KEY}"})
+            assert ok.status_code == 200, (path, scheme, ok.text)
 
 
 def test_health_and_ready_need_no_key(secured):
