@@ -17,6 +17,7 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
+from app.http_protocol import BoundedHttpProtocol
 from app.settings import Settings
 from app.supervisor import EngineStartError, EngineSupervisor
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             log_level=args.log_level,
             timeout_graceful_shutdown=10,
+            http=BoundedHttpProtocol,  # deadlines, a header bound, the error body: app/http_protocol.py
         )
     except SystemExit as e:
         if e.code not in (0, None):

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     max_num_tokens: int = Field(2000, ge=0, description="most tokens one request may generate")
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
+    max_header_bytes: int = Field(65_536, ge=1024, description="larger request headers get 431 (rnnlm-serve)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this many seconds, else 408 (rnnlm-serve)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request's body must arrive within this many seconds after its headers, else 408"
+    )
     max_stop_sequences: int = Field(8, ge=0)
     batching: bool = Field(True, description="run concurrent requests together, step by step, in one batch")
     max_batch_size: int = Field(64, ge=1, description="most sequences generated together in one step")

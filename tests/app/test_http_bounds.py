@@ -1,0 +1,97 @@
+"""The HTTP boundary under slow, huge and malformed clients (app/http_protocol.py), against the real server on
+127.0.0.1 over raw sockets: each gets the project's error body and a closed connection within its bound, and
+the server keeps answering everyone else."""
+
+import json
+import socket
+import time
+
+import pytest
+
+from tests.conftest import start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def port(weights_file, tmp_path_factory):
+    base, proc = start_server(
+        weights_file,
+        tmp_path_factory.mktemp("bounds") / "server.log",
+        RNNLM_HEADER_TIMEOUT_S="1",
+        RNNLM_BODY_TIMEOUT_S="1",
+        RNNLM_MAX_HEADER_BYTES="8192",
+    )
+    yield int(base.rsplit(":", 1)[1])
+    stop_server(proc)
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(10)
+    return s
+
+
+def answer(s: socket.socket) -> tuple[int, dict, float]:
+    """Status, JSON body and seconds until the server closed the connection."""
+    start, data = time.monotonic(), b""
+    with s:
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    return int(head.split()[1]), json.loads(body), time.monotonic() - start
+
+
+def assert_error_body(body: dict, status: int) -> str:
+    assert set(body) == {"error"} and body["error"]["code"] == status
+    return body["error"]["message"]
+
+
+def test_a_client_that_sends_nothing_or_trickles_its_headers_gets_408_at_the_header_deadline(port):
+    status, body, waited = answer(connect(port))
+    assert status == 408 and "headers did not arrive within 1 s" in assert_error_body(body, 408)
+    assert 0.8 < waited < 3
+    s, start = connect(port), time.monotonic()
+    try:
+        for byte in b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n":  # a byte every 0.1 s: ~5 s in all
+            s.send(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:  # closed under it
+        pass
+    status, body, _ = answer(s)
+    assert status == 408 and time.monotonic() - start < 3
+
+
+def test_a_body_that_stops_halfway_gets_408_at_the_body_deadline(port):
+    s = connect(port)
+    s.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n{")
+    status, body, waited = answer(s)
+    assert status == 408 and "body did not arrive within 1 s" in assert_error_body(body, 408)
+    s = connect(port)  # and a chunked body that never ends
+    s.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
+    assert answer(s)[0] == 408
+
+
+def test_headers_over_the_bound_get_431_before_the_rest_is_read(port):
+    s = connect(port)
+    s.send(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)  # no end of headers yet
+    status, body, _ = answer(s)
+    assert status == 431 and "8,192 bytes" in assert_error_body(body, 431)
+
+
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: -1", b"Content-Length: abc", b"Content-Length: 5\r\nTransfer-Encoding: chunked"]
+)
+def test_malformed_framing_gets_400_with_the_error_body(port, framing):
+    s = connect(port)
+    s.send(b"POST /predict HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\nhello")
+    status, body, _ = answer(s)
+    assert status == 400 and "malformed HTTP request" in assert_error_body(body, 400)
+
+
+def test_a_kept_alive_connection_idle_past_the_header_deadline_still_serves_its_next_request(port):
+    s = connect(port)
+    for _ in range(2):
+        s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)  # idle between requests: uvicorn's keep-alive (5 s) governs, not the header deadline
+    s.close()
