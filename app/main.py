@@ -17,6 +17,7 @@ from app.drain import Drain, DrainMiddleware
 from app.engine_client import EngineClient
 from app.errors import install_error_handlers
 from app.limits import request_bodies
+from app.memory import GiveBackMemory
 from app.metrics import Metrics
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.routes import openai, ops, page, perplexity, predict, tokenizer
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True) -> 
     _document_token_ids_when_known(app)
 
     # Added innermost first: the last one added is the outermost.
+    app.add_middleware(GiveBackMemory)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value() if settings.api_key else None)

@@ -38,6 +38,7 @@ from app.engine.requests import Requests
 from app.engine.scheduler import OneAtATime, Scheduler, prepare_model_thread
 from app.engine.state_tokens import VERSION as STATE_VERSION
 from app.engine.state_tokens import StateCodec, StateTokenError
+from app.memory import LARGE_REPLY_BYTES, give_back_freed_memory
 from app.settings import Settings
 from model import WeightsError, load_weights
 
@@ -376,9 +377,14 @@ class EngineCore:
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, {}
+        sent = 0
         for conn, messages in outbox.items():
-            conn.unsent += p.frame(messages)
+            data = p.frame(messages)
+            sent += len(data)
+            conn.unsent += data
             self._write(conn)
+        if sent > LARGE_REPLY_BYTES:  # its Python objects are gone by now: give their memory back
+            give_back_freed_memory()
 
     # -- description ----------------------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -93,3 +93,30 @@ def test_problems_with_other_fields_are_counted_by_field(client, settings):
     assert error["message"].endswith("(and problems with 2 more fields)")
     error = assert_error(client.post("/predict", json={"prefix": "a", "stop": ["x" * 6000, "y" * 6000]}), 422)
     assert error["param"] == "stop.0" and "more field" not in error["message"]
+
+
+def test_completions_logprobs_are_at_most_5_as_openai_s(client):
+    """echo with logprobs over a long prompt answers a few bytes per character per alternative: bounded at 5."""
+    body = {"prompt": "All:", "max_tokens": 0, "echo": True}
+    error = assert_error(client.post("/v1/completions", json={**body, "logprobs": 6}), 422, "logprobs")
+    assert error["message"] == "logprobs is 6; the limit is 5"
+    top = client.post("/v1/completions", json={**body, "logprobs": 5}).json()["choices"][0]["logprobs"]["top_logprobs"]
+    assert [len(t) for t in top[1:]] == [5, 5, 5]
+
+
+def test_memory_is_given_back_after_a_large_response_only(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient as StarletteClient
+
+    import app.memory as memory
+
+    assert memory.give_back_freed_memory() in (True, False)  # glibc's malloc_trim is there and callable
+    calls = []
+    monkeypatch.setattr(memory, "give_back_freed_memory", lambda: calls.append(1) or True)
+    sizes = {"small": 1000, "large": memory.LARGE_REPLY_BYTES + 1}
+    routes = [Route(f"/{name}", lambda request, n=n: Response(b"x" * n)) for name, n in sizes.items()]
+    client = StarletteClient(memory.GiveBackMemory(Starlette(routes=routes)))
+    assert len(client.get("/small").content) == 1000 and calls == []
+    assert len(client.get("/large").content) == sizes["large"] and calls == [1]
