@@ -56,6 +56,8 @@ def error_body(status: int, message: str, param: str | None = None, kind: str | 
 def error_response(
     status: int, message: str, param: str | None = None, headers: dict | None = None, kind: str | None = None
 ) -> JSONResponse:
+    if status in (429, 503):  # refused for load: the connection closes, so a flood of kept-alive clients must
+        headers = {**(headers or {}), "Connection": "close"}  # reconnect, beside everyone else (probes too)
     return JSONResponse(error_body(status, message, param, kind), status_code=status, headers=headers)
 
 

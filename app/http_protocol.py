@@ -11,6 +11,10 @@ a request it cannot parse in plain text.
 - **Header size** (``RNNLM_MAX_HEADER_BYTES``, 64 KiB): headers past it get 431 before more is buffered.
 - **Malformed framing** (``Content-Length: -1``, both ``Content-Length`` and ``Transfer-Encoding``, …): 400 with
   the error body, not uvicorn's ``Invalid HTTP request received.``
+- **Open connections** (``RNNLM_MAX_CONNECTIONS`` per HTTP process; 0: the descriptor limit less 64): past the
+  bound, each new connection closes the oldest one still waiting for its first request (a slow or idle client)
+  with 503, so descriptors never run out and a probe always gets in; and while the bound is exceeded, requests
+  other than ``/health`` and ``/ready`` get 503 and a closed connection.
 
 Every such answer closes the connection. ``rnnlm-serve`` runs uvicorn with this protocol (``http=``); it is the
 HTTP side's only change to uvicorn.
@@ -22,6 +26,7 @@ import asyncio
 import functools
 import json
 import logging
+import resource
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -32,23 +37,32 @@ __all__ = ["BoundedHttpProtocol"]
 
 logger = logging.getLogger("rnnlm")
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+_PROBE_PATHS = {b"/health", b"/ready"}  # answered whatever the load
+DESCRIPTORS_KEPT = 64  # for the engine's socket, log files, the metrics folder: not for connections
 
 
 @functools.cache
-def _bounds() -> tuple[float, float, int]:
+def _bounds() -> tuple[float, float, int, int]:
     """This process's bounds, from the environment (every worker reads its own)."""
     settings = Settings()
-    return settings.header_timeout_s, settings.body_timeout_s, settings.max_header_bytes
+    connections = settings.max_connections or max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - DESCRIPTORS_KEPT)
+    return settings.header_timeout_s, settings.body_timeout_s, settings.max_header_bytes, connections
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._header_timeout, self._body_timeout, self._max_header_bytes = _bounds()
+        self._header_timeout, self._body_timeout, self._max_header_bytes, self._max_connections = _bounds()
         self._reading_headers = True  # the next bytes belong to a request's head
         self._header_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._opened = 0.0
 
     # -- the deadlines ------------------------------------------------------------------------------------------
     def _arm(self, seconds: float, message: str) -> None:
@@ -69,7 +83,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._opened = self.loop.time()
         self._arm(self._header_timeout, f"the request's headers did not arrive within {self._header_timeout:g} s")
+        if len(self.connections) > self._max_connections:
+            self._close_oldest_waiting()
+
+    def _close_oldest_waiting(self) -> None:
+        """Over the bound: the connection open longest with no request running (slow or idle) makes room."""
+        waiting = [c for c in self.connections if isinstance(c, BoundedHttpProtocol) and c is not self and c._idle]
+        if waiting:
+            oldest = min(waiting, key=lambda c: c._opened)
+            oldest._refuse(503, f"the server holds {self._max_connections:,} connections: this one waited longest")
+
+    @property
+    def _idle(self) -> bool:
+        """No request running: its headers not complete yet (or not begun), the last response, if any, sent."""
+        return self._reading_headers and (self.cycle is None or self.cycle.response_complete)
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -91,11 +120,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._arm(self._body_timeout, f"the request's body did not arrive within {self._body_timeout:g} s")
+        if len(self.connections) > self._max_connections and self.url.split(b"?")[0] not in _PROBE_PATHS:
+            self._refuse(503, f"the server holds {self._max_connections:,} connections; retry shortly")
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # (refused: the rest of the request is read and dropped)
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        if not self.transport.is_closing():
+            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._reading_headers, self._header_bytes = True, 0

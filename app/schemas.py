@@ -249,11 +249,11 @@ class CompletionRequest(SamplingFields, StateFields):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Int(ge=0, le=5) | None = Field(
+    logprobs: Int(ge=0, le=20) | None = Field(
         None,
         description="return log-probabilities of the chosen characters and this many most likely alternatives "
-        "(at most 5, as OpenAI's completions: with echo over a long prompt, each alternative is a few bytes per "
-        "prompt character in the response)",
+        "(characters × (logprobs + 1) over the request's choices, the echoed prompt included, at most "
+        "max_logprob_entries)",
     )
     echo: bool = Field(False, description="return the prompt before the completion (with its log-probabilities)")
     n: Int(ge=1, le=16) = Field(1, description="completions per prompt")

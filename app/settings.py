@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1, description="most characters in a prefix, text, context or prompt")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413 before parsing")
     max_header_bytes: int = Field(65_536, ge=1024, description="larger request headers get 431 (rnnlm-serve)")
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open connections per HTTP process before the oldest idle one is closed and requests other "
+        "than /health and /ready get 503 (rnnlm-serve; 0: the open-file limit less 64)",
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, description="a request's headers must arrive within this many seconds, else 408 (rnnlm-serve)"
     )
@@ -52,6 +58,12 @@ class Settings(BaseSettings):
         "max_batch_size)",
     )
     max_queue: int = Field(256, ge=1, description="requests waiting for the batch; beyond this: 429")
+    max_logprob_entries: int = Field(
+        500_000,
+        ge=1,
+        description="most log-probabilities one /v1/completions response may carry: characters (the echoed prompt "
+        "and the completion) × (logprobs + 1), summed over its choices",
+    )
     max_request_rows: int = Field(
         128,
         ge=1,

@@ -175,6 +175,15 @@ async def completions(
     created = int(time.time())
     samplers = _samplers(body, engine, best_of)
     ranking = best_of > body.n  # needs every token's log-probability
+    if k is not None:
+        entries = sum((len(p) if body.echo else 0) + max_tokens for p in prompts) * body.n * (k + 1)
+        if entries > engine.settings.max_logprob_entries:
+            raise ApiError(
+                422,
+                f"logprobs: {entries:,} log-probabilities (characters × (logprobs + 1) over the choices) is over "
+                f"this server's {engine.settings.max_logprob_entries:,}: ask for fewer alternatives or characters",
+                "logprobs",
+            )
     top = k if k is not None else (0 if ranking else None)
     group = engine.new_group() if len(prompts) > 1 else None  # the batch is shared fairly between requests
 

@@ -95,3 +95,40 @@ def test_a_kept_alive_connection_idle_past_the_header_deadline_still_serves_its_
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(1.5)  # idle between requests: uvicorn's keep-alive (5 s) governs, not the header deadline
     s.close()
+
+
+def test_past_the_connection_bound_the_oldest_idle_connections_make_room_and_probes_answer(weights_file, tmp_path):
+    """With RNNLM_MAX_CONNECTIONS=8, 20 idle connections (a slowloris's) cannot take the process's descriptors:
+    each new one closes the oldest idle one with 503, a probe on a fresh connection answers at once, and once the
+    flood is gone requests are served as before."""
+    base, proc = start_server(weights_file, tmp_path / "server.log", RNNLM_MAX_CONNECTIONS="8")
+    port = int(base.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for _ in range(20):
+            idle.append(connect(port))
+            time.sleep(0.02)
+        closed = []
+        for s in idle[:12]:
+            s.settimeout(2)
+            status, body, _ = answer(s)
+            closed.append(status)
+            assert "waited longest" in assert_error_body(body, 503)
+        assert closed == [503] * 12  # the 12 oldest
+        start = time.monotonic()
+        probe = connect(port)
+        probe.send(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, _ = answer(probe)
+        assert status == 200 and time.monotonic() - start < 1
+    finally:
+        for s in idle:
+            s.close()
+        time.sleep(0.2)
+    try:
+        body = b'{"prefix": "All:", "num_tokens": 3}'
+        s = connect(port)
+        s.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n")
+        s.send(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert answer(s)[0] == 200
+    finally:
+        stop_server(proc)

@@ -95,13 +95,21 @@ def test_problems_with_other_fields_are_counted_by_field(client, settings):
     assert error["param"] == "stop.0" and "more field" not in error["message"]
 
 
-def test_completions_logprobs_are_at_most_5_as_openai_s(client):
-    """echo with logprobs over a long prompt answers a few bytes per character per alternative: bounded at 5."""
-    body = {"prompt": "All:", "max_tokens": 0, "echo": True}
-    error = assert_error(client.post("/v1/completions", json={**body, "logprobs": 6}), 422, "logprobs")
-    assert error["message"] == "logprobs is 6; the limit is 5"
-    top = client.post("/v1/completions", json={**body, "logprobs": 5}).json()["choices"][0]["logprobs"]["top_logprobs"]
-    assert [len(t) for t in top[1:]] == [5, 5, 5]
+def test_the_log_probabilities_one_response_carries_are_bounded(settings):
+    """echo with logprobs answers a few bytes per character per alternative: characters × (logprobs + 1) over the
+    choices is at most max_logprob_entries (lm-evaluation-harness's gguf client asks for 10 alternatives)."""
+    from fastapi.testclient import TestClient
+
+    limit = 1100
+    with TestClient(create_app(settings.model_copy(update={"max_logprob_entries": limit}))) as client:
+        at = {"prompt": "a" * 100, "max_tokens": 0, "echo": True, "logprobs": 10}  # 100 × 11: the bound
+        assert len(client.post("/v1/completions", json=at).json()["choices"][0]["logprobs"]["tokens"]) == 100
+        over = {**at, "prompt": ["a" * 51] * 2}  # 102 characters × 11
+        error = assert_error(client.post("/v1/completions", json=over), 422, "logprobs")
+        assert "1,122 log-probabilities" in error["message"] and "1,100" in error["message"]
+        generated = {"prompt": "a" * 100, "max_tokens": 51, "n": 2, "logprobs": 10}  # 51 × 2 × 11
+        assert_error(client.post("/v1/completions", json=generated), 422, "logprobs")
+        assert client.post("/v1/completions", json={**generated, "n": 1, "logprobs": 20}).status_code == 200
 
 
 def test_memory_is_given_back_after_a_large_response_only(monkeypatch):

@@ -142,6 +142,7 @@ def test_bad_teacher_input_exits_non_zero_with_one_line(tmp_path, capsys, make_a
     corpus = _corpus(tmp_path)
     teacher = train(tmp_path, corpus, "teacher", "--max-steps", "1")
     capsys.readouterr()
+    (tmp_path / "s").mkdir()  # (a missing output folder is refused first: before the corpus is read)
     args = [
         "--corpus",
         str(corpus),
