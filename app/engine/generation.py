@@ -67,6 +67,8 @@ class Decoding:
         # Nothing to do per token but count: no stop sequences, no logprobs, no stream. The completion is
         # decoded once at the end (the batch's per-row bookkeeping is a large part of a step's Python).
         self.plain = not self.scanner.stops and top_logprobs is None and on_piece is None
+        # stop sequences and nothing else per token: the batch finds its stop with an automaton (rows.py)
+        self.batch_stops = bool(self.scanner.stops) and top_logprobs is None and on_piece is None
 
     def choose(self, logits: torch.Tensor) -> int:
         return self.sampler.choose(logits, self.rng, self.counts, self.seen)
@@ -111,13 +113,23 @@ class Decoding:
                 self.on_piece(released, self.tokens[start : start + len(released)])
         return self.done
 
-    def finish(self, generated: list[int]) -> None:
-        """A plain sequence (greedy, nothing to do per token) that the batch generated in its arrays: every
-        token at once, decoded once."""
+    def finish(self, generated: list[int], stop_len: int = 0) -> None:
+        """A plain sequence that the batch generated in its arrays: every token at once, decoded once; with
+        ``stop_len``, the last that many tokens are the stop sequence that ended it (not in the completion)."""
         self.generated = generated
         self.remaining = 0
-        self.completion = self.vocab.decode(generated)
+        self.completion = self.vocab.decode(generated[: len(generated) - stop_len])
+        if stop_len:
+            self.finish_reason = "stop"
         self.done = True
+
+    def replay(self, generated: list[int], remaining: int) -> None:
+        """Take the progress of a sequence the batch ran in its arrays (``generated`` so far, ``remaining``
+        still to go, no stop found): its tokens accepted again, so stop scanning goes on where it was."""
+        self.generated, self.completion, self.remaining = [], "", remaining + len(generated)
+        self.scanner = StopScanner(self.scanner.stops)
+        for token in generated:
+            self.accept(token, None)
 
     def result(self, cached_chars: int, unknown_chars: int) -> GenerationResult:
         """The result without its state token, which the engine seals from ``final_state``."""

@@ -6,10 +6,11 @@ together. A row is one of three kinds, each stepped its own way by the scheduler
 
 - **reading**: it reads the rest of its prompt, one forced id a step. The ids wait in one shared pool; the row's
   next one is ``pool[next_forced[i]]``, the last ``pool[end_forced[i] - 1]``.
-- **plain**: greedy, or sampled without a seed, with nothing to do per token (no stop sequences, logprobs,
-  streaming, penalties or bias): its chosen ids go into ``history[slot[i], :count[i]]`` and ``remaining[i]``
-  counts down; its text is decoded once, when it ends. A row keeps its history slot while it runs, so rows
-  leaving move no history.
+- **plain**: greedy, or sampled without a seed, with nothing to do per token (no logprobs, streaming, penalties
+  or bias): its chosen ids go into ``history[slot[i], :count[i]]`` and ``remaining[i]`` counts down; its text is
+  decoded once, when it ends. A row keeps its history slot while it runs, so rows leaving move no history. A
+  plain row's stop sequences are an automaton (:mod:`app.engine.stop_automaton`): ``stop_state[i]`` advances by
+  one gather a step, from its ``min_tokens``-th token on, and ``stop_len[i]`` is the stop it completed (0: none).
 - **per-row**: everything else — a :class:`~app.engine.generation.Decoding` chooses and accepts each token as it
   always has (its own seeded generator, penalties, stops, logprobs, streaming), confined to its row.
 
@@ -27,6 +28,7 @@ import torch
 
 from app.engine.generation import Decoding
 from app.engine.jobs import GenerationJob
+from app.engine.stop_automaton import StopTables
 from model.sampling import log_min_p, sample_rows
 
 __all__ = ["Row", "RowTable"]
@@ -56,6 +58,10 @@ class RowTable:
         self.top_k = np.zeros(0, dtype=np.int64)
         self.top_p = np.zeros(0, dtype=np.float32)
         self.log_min_p = np.zeros(0, dtype=np.float32)
+        self.stop_state = np.zeros(0, dtype=np.int32)  # the row's state in self.stop_tables (-1: no stops)
+        self.stop_from = np.zeros(0, dtype=np.int64)  # stops count from this token on (min_tokens)
+        self.stop_len = np.zeros(0, dtype=np.int32)  # the stop the row has just completed (0: none)
+        self.stop_tables: StopTables | None = None  # made with the first row that has stops
         self.history = np.zeros((0, 64), dtype=np.int32)  # (slots, width)
         self._free_slots: list[int] = []
         self._longest = 0  # at least the most ids any plain row has in history
@@ -65,6 +71,7 @@ class RowTable:
         self.plain_rows = np.zeros(0, dtype=np.int64)
         self.per_row_rows = np.zeros(0, dtype=np.int64)
         self.sampled_rows = np.zeros(0, dtype=np.int64)
+        self.stop_rows = np.zeros(0, dtype=np.int64)  # plain rows with stop sequences
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,6 +89,9 @@ class RowTable:
         "top_k",
         "top_p",
         "log_min_p",
+        "stop_state",
+        "stop_from",
+        "stop_len",
     )
 
     def _grow(self, capacity: int) -> None:
@@ -139,11 +149,20 @@ class RowTable:
             s = decoding.sampler
             self.temperature[i], self.top_k[i], self.top_p[i] = s.temperature, min(s.top_k, 1 << 62), s.top_p
             self.log_min_p[i] = log_min_p(s.min_p)
-        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and decoding.plain
+        self.stop_state[i], self.stop_len[i] = -1, 0
+        stops = self._stop_start(decoding) if decoding.batch_stops else None
+        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and (decoding.plain or stops is not None)
         if self.plain[i]:
             self.remaining[i], self.count[i] = decoding.remaining, 0
+            if stops is not None:
+                self.stop_state[i], self.stop_from[i] = stops, decoding.min_tokens
             if decoding.generated:  # it ran before (alone, or before it was put aside)
                 self.from_decoding(i)
+
+    def _stop_start(self, decoding: Decoding) -> int | None:
+        if self.stop_tables is None:
+            self.stop_tables = StopTables(decoding.vocab)
+        return self.stop_tables.start(decoding.scanner.stops)
 
     def find_kinds(self) -> None:
         """Find the rows of each kind again (after rows joined, left or changed kind)."""
@@ -153,6 +172,7 @@ class RowTable:
         self.plain_rows = np.flatnonzero(plain)
         self.per_row_rows = np.flatnonzero(~(reading | plain))
         self.sampled_rows = np.flatnonzero(self.sampled[:n])
+        self.stop_rows = np.flatnonzero(plain & (self.stop_state[:n] >= 0))
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """A token for every row in :attr:`sampled_rows`, drawn at once from ``logits`` (n, V), each by its row's
@@ -191,7 +211,15 @@ class RowTable:
         self._longest += 1
         left = self.remaining[rows] - 1
         self.remaining[rows] = left
-        return not left.all()
+        stopped = False
+        if self.stop_rows.size:  # each stop row's automaton reads its token (once stops count)
+            rows = self.stop_rows
+            rows = rows[self.count[rows] > self.stop_from[rows]]
+            if rows.size:
+                self.stop_state[rows], found = self.stop_tables.advance(self.stop_state[rows], tokens[rows])
+                self.stop_len[rows] = found
+                stopped = bool(found.any())
+        return stopped or not left.all()
 
     def advance_plain_burst(self, read: np.ndarray) -> None:
         """Every row is plain and has read ``read[j, i]`` at step j of a burst (k, n): record and count down k."""
@@ -221,18 +249,34 @@ class RowTable:
         """A plain row's generated ids so far."""
         return self.history[self.slot[i], : self.count[i]].tolist()
 
+    def ended(self) -> np.ndarray:
+        """The plain rows that have ended: no tokens left, or a stop sequence completed."""
+        plain = self.plain_rows
+        return plain[(self.remaining[plain] == 0) | (self.stop_len[plain] > 0)]
+
     def to_decoding(self, i: int) -> None:
         """Hand a plain row's progress to its decoding (which then runs it a token at a time, alone, or waits
-        aside to rejoin)."""
+        aside to rejoin); a row with stops replays its tokens through the decoding's own scanner."""
         if self.plain[i]:
-            d = self.rows[i].decoding
-            d.generated, d.remaining = self.generated(i), int(self.remaining[i])
+            d, generated = self.rows[i].decoding, self.generated(i)
+            if self.stop_state[i] >= 0:
+                d.replay(generated, int(self.remaining[i]))
+            else:
+                d.generated, d.remaining = generated, int(self.remaining[i])
 
     def from_decoding(self, i: int) -> None:
-        """Take a plain row's progress back from its decoding."""
+        """Take a plain row's progress back from its decoding (a row with stops: its automaton reads the tokens
+        again)."""
         if self.plain[i]:
             d = self.rows[i].decoding
             self._widen_history(len(d.generated) + 1)
             self.history[self.slot[i], : len(d.generated)] = d.generated
             self.count[i], self.remaining[i] = len(d.generated), d.remaining
             self._longest = max(self._longest, len(d.generated))
+            if self.stop_state[i] >= 0:
+                state = self.stop_tables.start(d.scanner.stops)
+                for token in d.generated[d.min_tokens :]:
+                    state = int(self.stop_tables.delta[state, token])
+                self.stop_state[i] = state
+                if d.done and d.finish_reason == "stop":  # it found its stop alone: it ends at the next settling
+                    self.stop_len[i] = len(d.generated) - len(d.completion)

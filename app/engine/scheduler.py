@@ -412,6 +412,7 @@ class Scheduler:
             k > 0
             and table.plain_rows.size == n
             and not table.sampled_rows.size
+            and not table.stop_rows.size
             and not self._waiting
             and not self._tasks
             and not self._cancelled
@@ -466,8 +467,7 @@ class Scheduler:
         forks: list[tuple[Row, State, torch.Tensor | None, None]] = []
         reading = table.reading_rows
         read = reading[table.next_forced[reading] == table.end_forced[reading]]
-        plain = table.plain_rows
-        ended = plain[table.remaining[plain] == 0]
+        ended = table.ended()
         per_row = [i for i in table.per_row_rows.tolist() if table.rows[i].decoding.done]
         if cancelled:  # only then is every row looked at
             for i, row in enumerate(table.rows):
@@ -495,7 +495,7 @@ class Scheduler:
         for i in ended.tolist():
             if not leave[i]:
                 decoding = table.rows[i].decoding
-                decoding.finish(table.generated(i))
+                decoding.finish(table.generated(i), int(table.stop_len[i]))
                 self._leave(i, decoding, leave, finished)
         for i in per_row:
             if not leave[i]:

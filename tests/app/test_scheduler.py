@@ -34,12 +34,19 @@ class Engine:
         self.loaded = loaded
         self.scheduler = Scheduler(loaded.model, None, max_batch, 256, 256, 512, interrupt)
         self.done: dict[str, list[str]] = {}
+        self.decodings: dict[str, list[Decoding]] = {}
         self.turn = 0
         self.done_at: dict[str, int] = {}  # the turn each job ended in
 
-    def submit(self, name: str, prefix: str, n: int, samplers=(Sampler(),), stops=(), group=None) -> GenerationJob:
+    def submit(
+        self, name: str, prefix: str, n: int, samplers=(Sampler(),), stops=(), group=None, min_tokens: int = 0
+    ) -> GenerationJob:
         ids = self.loaded.vocab.encode(prefix)
-        decodings = [Decoding(prefix, self.loaded.vocab, n, s, list(stops), None, prefix_ids=ids) for s in samplers]
+        decodings = [
+            Decoding(prefix, self.loaded.vocab, n, s, list(stops), None, min_tokens=min_tokens, prefix_ids=ids)
+            for s in samplers
+        ]
+        self.decodings[name] = decodings
 
         def on_done(result, error, name=name):
             assert error is None and name not in self.done
@@ -50,12 +57,14 @@ class Engine:
         self.scheduler.submit(job)
         return job
 
-    def run(self, turns: int = 10**6) -> None:
-        for _ in range(turns):
+    def run(self, turns: int | None = None) -> None:
+        """``turns`` turns, or until there is nothing left to do (which must come: a row that never leaves fails)."""
+        for _ in range(turns or 100_000):
             if not self.scheduler.busy:
                 return
             self.turn += 1
             self.scheduler.run_once()
+        assert turns is not None, "the scheduler is still busy after 100,000 turns"
 
 
 def test_rows_joining_and_leaving_every_turn_each_get_their_greedy_text(loaded):
@@ -264,3 +273,87 @@ def test_rows_sampled_without_a_seed_are_drawn_together_each_by_its_own_settings
             assert row[ids[len(prompt) + i]] >= row[1:].topk(3).values[-1] - 1e-4
         assert len(engine.done[f"free {k}"][0]) == 40
     assert len({engine.done[f"free {k}"][0] for k in range(4)}) > 1  # drawn, not the same text four times
+
+
+def first_stop(text: str, stops: list[str], min_tokens: int) -> tuple[str, str | None]:
+    """The rule written out: the text ends at the first character where a stop (starting at min_tokens or later)
+    has appeared; the completion is cut where the earliest such stop begins. (completion, stop_reason)."""
+    for end in range(1, len(text) + 1):
+        starts = [end - len(s) for s in stops if s and end - len(s) >= min_tokens and text[end - len(s) : end] == s]
+        if starts:
+            return text[: min(starts)], text[min(starts) : end]
+    return text, None
+
+
+@pytest.mark.parametrize("max_batch", [64, 2])  # all rows together; or two, rows put aside and stepped alone
+def test_stop_sequences_found_by_the_batch_s_automaton_cut_where_the_rule_says(loaded, max_batch):
+    prompts = ["ROMEO:\n", "KING", "All:\nSpeak", "First Citizen:\n", "What say", "Good morrow, "]
+    texts = {p: alone(loaded, p, 120) for p in prompts}
+    cases = []  # (prompt, stops, min_tokens)
+    for k, p in enumerate(prompts):
+        t = texts[p]
+        cases += [
+            (p, [t[30:33]], 0),  # a stop that comes (maybe earlier than where it was taken from)
+            (p, [t[50:52], t[51:53], "€x"], 0),  # overlapping stops, and one the model cannot generate
+            (p, [t[10:14], t[60:61]], 12),  # counted only from the 12th character on
+            (p, ["\u2603\u2603"], 0),  # never: the row runs out of tokens
+            (p, [t[3:5] + t[5:8], t[5:8]], k % 3),  # a stop inside another: the longer wins where both end
+        ]
+    engine = Engine(loaded, max_batch=max_batch)
+    for j, (p, stops, m) in enumerate(cases):
+        if j == len(cases) // 2:
+            engine.run(20)  # the first request holds the batch: the second takes rows from it
+        engine.submit(f"c{j}", p, 120, stops=stops, min_tokens=m, group="first" if j < len(cases) // 2 else "second")
+    engine.run()
+    assert engine.scheduler.rows_put_aside > 0 or max_batch == 64
+    stopped = 0
+    for j, (p, stops, m) in enumerate(cases):
+        (d,) = engine.decodings[f"c{j}"]
+        completion, reason = first_stop(texts[p], stops, m)
+        if reason is None:
+            assert (d.completion, d.finish_reason) == (texts[p], "length"), (p, stops, m)
+        else:
+            stopped += 1
+            assert (d.completion, d.finish_reason) == (completion, "stop"), (p, stops, m)
+            assert d.result(0, 0).stop_reason == reason
+    assert stopped >= len(cases) // 2
+
+
+def test_rows_with_stops_are_plain_rows_of_the_arrays_unless_they_stream_or_want_logprobs(loaded):
+    from app.engine.rows import Row, RowTable
+
+    vocab = loaded.vocab
+    table = RowTable()
+    kinds = [
+        Decoding("a", vocab, 10, Sampler(), ["xy"], None),
+        Decoding("a", vocab, 10, Sampler(temperature=1.0), ["xy"], None),
+        Decoding("a", vocab, 10, Sampler(), ["xy"], 2),  # logprobs
+        Decoding("a", vocab, 10, Sampler(), ["xy"], None, on_piece=lambda text, infos: None),  # a stream
+        Decoding("a", vocab, 10, Sampler(), ["x" * 300], None),  # stops too long to build
+    ]
+    table.add_many([Row(None, d) for d in kinds], [None] * len(kinds))
+    assert table.plain_rows.tolist() == [0, 1] and table.stop_rows.tolist() == [0, 1]
+    assert table.per_row_rows.tolist() == [2, 3, 4]
+
+
+def first_at_or_after(text: str, start: int, length: int) -> str:
+    """A piece of ``text`` whose first occurrence is at ``start`` or later."""
+    return next(text[k : k + length] for k in range(start, len(text)) if text.find(text[k : k + length]) == k)
+
+
+def test_a_row_with_stops_put_aside_mid_text_finds_its_stop_where_it_would_have(loaded):
+    a, b = "ROMEO:\n", "KING"
+    texts = {p: alone(loaded, p, 120) for p in (a, b)}
+    stops = {a: [first_at_or_after(texts[a], 70, 3)], b: [first_at_or_after(texts[b], 80, 2), "\u2603"]}
+    engine = Engine(loaded, max_batch=2)
+    engine.submit("a", a, 120, stops=stops[a], group="big", min_tokens=5)
+    engine.submit("b", b, 120, stops=stops[b], group="big")
+    engine.run(30)  # both generating, no stop yet
+    engine.submit("new", "All:\nSpeak", 10)
+    engine.run(1)
+    assert engine.scheduler.rows_put_aside == 1  # b, the latest to join, with its stop automaton mid-way
+    engine.run()
+    for name, p, m in (("a", a, 5), ("b", b, 0)):
+        (d,) = engine.decodings[name]
+        completion, reason = first_stop(texts[p], stops[p], m)
+        assert (d.completion, d.finish_reason, d.result(0, 0).stop_reason) == (completion, "stop", reason)
