@@ -132,3 +132,22 @@ def test_past_the_connection_bound_the_oldest_idle_connections_make_room_and_pro
         assert answer(s)[0] == 200
     finally:
         stop_server(proc)
+
+
+def test_by_default_the_connection_bound_leaves_descriptors_to_spare(monkeypatch):
+    """Under `ulimit -n 256` a flood of 300 sockets took every descriptor: by default the bound is the open-file
+    limit less 64, so connections are closed before accept() fails."""
+    import resource
+
+    from app import http_protocol
+
+    monkeypatch.delenv("RNNLM_MAX_CONNECTIONS", raising=False)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 4096))
+    http_protocol._bounds.cache_clear()
+    try:
+        assert http_protocol._bounds()[3] == 256 - http_protocol.DESCRIPTORS_KEPT
+        monkeypatch.setenv("RNNLM_MAX_CONNECTIONS", "40")
+        http_protocol._bounds.cache_clear()
+        assert http_protocol._bounds()[3] == 40
+    finally:
+        http_protocol._bounds.cache_clear()
