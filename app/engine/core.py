@@ -136,7 +136,9 @@ class EngineCore:
             self.scheduler = OneAtATime(
                 self.model, self.cache, settings.max_queue, settings.chunk_chars, self._interrupt
             )
-        self.requests = Requests(self.model, self.vocab, self.cache, self.states, settings.chunk_chars)
+        self.requests = Requests(
+            self.model, self.vocab, self.cache, self.states, settings.chunk_chars, settings.stream_flush_ms > 0
+        )
         self.flush_s = settings.stream_flush_ms / 1000
         self._requests: dict[tuple[_Connection, int], _Request] = {}
         self._outbox: dict[_Connection, list[tuple]] = {}

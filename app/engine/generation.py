@@ -37,6 +37,7 @@ class Decoding:
         on_piece: Callable[[str, list[TokenInfo]], None] | None = None,
         min_tokens: int = 0,
         prefix_ids: torch.Tensor | None = None,
+        stream_in_batch: bool = False,
     ):
         self.prefix = prefix
         self.vocab = vocab
@@ -67,8 +68,9 @@ class Decoding:
         # Nothing to do per token but count: no stop sequences, no logprobs, no stream. The completion is
         # decoded once at the end (the batch's per-row bookkeeping is a large part of a step's Python).
         self.plain = not self.scanner.stops and top_logprobs is None and on_piece is None
-        # stop sequences and nothing else per token: the batch finds its stop with an automaton (rows.py)
-        self.batch_stops = bool(self.scanner.stops) and top_logprobs is None and on_piece is None
+        # streamed, no logprobs, and text coalesced by time anyway: the batch releases its text every few steps
+        # from its arrays (rows.py) instead of a piece per token
+        self.batch_stream = stream_in_batch and on_piece is not None and top_logprobs is None
 
     def choose(self, logits: torch.Tensor) -> int:
         return self.sampler.choose(logits, self.rng, self.counts, self.seen)
@@ -125,11 +127,14 @@ class Decoding:
 
     def replay(self, generated: list[int], remaining: int) -> None:
         """Take the progress of a sequence the batch ran in its arrays (``generated`` so far, ``remaining``
-        still to go, no stop found): its tokens accepted again, so stop scanning goes on where it was."""
+        still to go, no stop found): its tokens accepted again, so stop scanning goes on where it was (a stream's
+        text was released by the batch already: nothing is sent again)."""
+        on_piece, self.on_piece = self.on_piece, None
         self.generated, self.completion, self.remaining = [], "", remaining + len(generated)
         self.scanner = StopScanner(self.scanner.stops)
         for token in generated:
             self.accept(token, None)
+        self.on_piece = on_piece
 
     def result(self, cached_chars: int, unknown_chars: int) -> GenerationResult:
         """The result without its state token, which the engine seals from ``final_state``."""

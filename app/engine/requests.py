@@ -30,12 +30,21 @@ OnPiece = Callable[[str, list[p.TokenInfo]], None]
 class Requests:
     """Builds jobs from request messages and replies from finished jobs, for one model; counts what it read."""
 
-    def __init__(self, model: RNNLM, vocab: Vocab, cache: PrefixCache | None, states: StateCodec, chunk_chars: int):
+    def __init__(
+        self,
+        model: RNNLM,
+        vocab: Vocab,
+        cache: PrefixCache | None,
+        states: StateCodec,
+        chunk_chars: int,
+        streams_coalesced: bool = True,
+    ):
         self.model = model
         self.vocab = vocab
         self.cache = cache
         self.states = states
         self.chunk_chars = chunk_chars
+        self.streams_coalesced = streams_coalesced  # stream_flush_ms > 0: the batch may release text every few steps
         zeros = model.init_state(1)
         self.state_shape = (len(zeros), *zeros[0].shape)  # (tensors, layers, 1, hidden)
         self.chars_read = 0  # characters the model has read for requests: uncached prompts, scored texts
@@ -60,6 +69,7 @@ class Requests:
                 on_pieces[i] if on_pieces else None,
                 r.min_tokens,
                 ids,
+                stream_in_batch=self.streams_coalesced,
             )
             for i, fields in enumerate(r.samplers)
         ]

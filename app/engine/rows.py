@@ -11,6 +11,8 @@ together. A row is one of three kinds, each stepped its own way by the scheduler
   decoded once, when it ends. A row keeps its history slot while it runs, so rows leaving move no history. A
   plain row's stop sequences are an automaton (:mod:`app.engine.stop_automaton`): ``stop_state[i]`` advances by
   one gather a step, from its ``min_tokens``-th token on, and ``stop_len[i]`` is the stop it completed (0: none).
+  A plain row may stream: every few steps (and at once for its first text) :meth:`RowTable.release` sends what
+  it may — all but the stop prefix its text ends with — and ``sent[i]`` counts the characters sent.
 - **per-row**: everything else — a :class:`~app.engine.generation.Decoding` chooses and accepts each token as it
   always has (its own seeded generator, penalties, stops, logprobs, streaming), confined to its row.
 
@@ -61,6 +63,8 @@ class RowTable:
         self.stop_state = np.zeros(0, dtype=np.int32)  # the row's state in self.stop_tables (-1: no stops)
         self.stop_from = np.zeros(0, dtype=np.int64)  # stops count from this token on (min_tokens)
         self.stop_len = np.zeros(0, dtype=np.int32)  # the stop the row has just completed (0: none)
+        self.streamed = np.zeros(0, dtype=bool)  # a plain row whose text is streamed
+        self.sent = np.zeros(0, dtype=np.int64)  # characters of it sent so far
         self.stop_tables: StopTables | None = None  # made with the first row that has stops
         self.history = np.zeros((0, 64), dtype=np.int32)  # (slots, width)
         self._free_slots: list[int] = []
@@ -72,6 +76,7 @@ class RowTable:
         self.per_row_rows = np.zeros(0, dtype=np.int64)
         self.sampled_rows = np.zeros(0, dtype=np.int64)
         self.stop_rows = np.zeros(0, dtype=np.int64)  # plain rows with stop sequences
+        self.streamed_rows = np.zeros(0, dtype=np.int64)  # plain rows that stream
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,6 +97,8 @@ class RowTable:
         "stop_state",
         "stop_from",
         "stop_len",
+        "streamed",
+        "sent",
     )
 
     def _grow(self, capacity: int) -> None:
@@ -150,8 +157,13 @@ class RowTable:
             self.temperature[i], self.top_k[i], self.top_p[i] = s.temperature, min(s.top_k, 1 << 62), s.top_p
             self.log_min_p[i] = log_min_p(s.min_p)
         self.stop_state[i], self.stop_len[i] = -1, 0
-        stops = self._stop_start(decoding) if decoding.batch_stops else None
-        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and (decoding.plain or stops is not None)
+        # plain: nothing per token but what the arrays do — no logprobs, and a stream only if coalesced anyway
+        plain = decoding.top_logprobs is None and (decoding.on_piece is None or decoding.batch_stream)
+        stops = self._stop_start(decoding) if plain and decoding.scanner.stops else None
+        plain = plain and (stops is not None or not decoding.scanner.stops)
+        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and plain
+        self.streamed[i] = self.plain[i] and decoding.on_piece is not None
+        self.sent[i] = len(decoding.completion)
         if self.plain[i]:
             self.remaining[i], self.count[i] = decoding.remaining, 0
             if stops is not None:
@@ -173,6 +185,7 @@ class RowTable:
         self.per_row_rows = np.flatnonzero(~(reading | plain))
         self.sampled_rows = np.flatnonzero(self.sampled[:n])
         self.stop_rows = np.flatnonzero(plain & (self.stop_state[:n] >= 0))
+        self.streamed_rows = np.flatnonzero(plain & self.streamed[:n])
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """A token for every row in :attr:`sampled_rows`, drawn at once from ``logits`` (n, V), each by its row's
@@ -249,6 +262,44 @@ class RowTable:
         """A plain row's generated ids so far."""
         return self.history[self.slot[i], : self.count[i]].tolist()
 
+    def release(self, first_only: bool = False) -> None:
+        """Send each streamed row's new text — all it has generated but the stop prefix it ends with, which may
+        yet begin a stop — or, with ``first_only``, only rows that have sent nothing yet (the first text goes at
+        once)."""
+        rows = self.streamed_rows
+        ready = self._ready(rows)
+        new = ready > self.sent[rows]
+        if first_only:
+            new &= self.sent[rows] == 0
+        for i, upto in zip(rows[new].tolist(), ready[new].tolist()):
+            self._send(i, upto)
+
+    def release_row(self, i: int) -> None:
+        upto = int(self._ready(np.array([i]))[0])
+        if upto > self.sent[i]:
+            self._send(i, upto)
+
+    def _ready(self, rows: np.ndarray) -> np.ndarray:
+        """Characters each row may have sent: all it generated but the stop prefix its text ends with."""
+        held = np.zeros(rows.size, dtype=np.int64)
+        if self.stop_tables is not None:
+            state = self.stop_state[rows]
+            held = np.where(state >= 0, self.stop_tables.depth[np.maximum(state, 0)], 0)
+        return self.count[rows] - held
+
+    def _send(self, i: int, upto: int) -> None:
+        d = self.rows[i].decoding
+        d.on_piece(d.vocab.decode(self.history[self.slot[i], self.sent[i] : upto].tolist()), [])
+        self.sent[i] = upto
+
+    def finish(self, i: int) -> Decoding:
+        """Row ``i`` has ended: its decoding finished from the arrays (a stream sent the rest of its text)."""
+        d = self.rows[i].decoding
+        d.finish(self.generated(i), int(self.stop_len[i]))
+        if self.streamed[i] and len(d.completion) > self.sent[i]:
+            d.on_piece(d.completion[self.sent[i] :], [])
+        return d
+
     def ended(self) -> np.ndarray:
         """The plain rows that have ended: no tokens left, or a stop sequence completed."""
         plain = self.plain_rows
@@ -259,7 +310,9 @@ class RowTable:
         aside to rejoin); a row with stops replays its tokens through the decoding's own scanner."""
         if self.plain[i]:
             d, generated = self.rows[i].decoding, self.generated(i)
-            if self.stop_state[i] >= 0:
+            if self.streamed[i]:  # what it may send goes now: its scanner takes over from there
+                self.release_row(i)
+            if self.stop_state[i] >= 0 or self.streamed[i]:
                 d.replay(generated, int(self.remaining[i]))
             else:
                 d.generated, d.remaining = generated, int(self.remaining[i])
@@ -273,6 +326,7 @@ class RowTable:
             self.history[self.slot[i], : len(d.generated)] = d.generated
             self.count[i], self.remaining[i] = len(d.generated), d.remaining
             self._longest = max(self._longest, len(d.generated))
+            self.sent[i] = len(d.completion)
             if self.stop_state[i] >= 0:
                 state = self.stop_tables.start(d.scanner.stops)
                 for token in d.generated[d.min_tokens :]:

@@ -71,6 +71,9 @@ def _group(job: Job) -> Hashable:
     return job if job.group is None else job.group
 
 
+# Streamed rows in the arrays send their new text this often (the engine coalesces it by time anyway).
+RELEASE_EVERY_STEPS = 8
+
 # Longest a turn spends on tasks (scoring, long prompts) while generating sequences wait for their next step.
 TASK_BUDGET_S = 0.005
 
@@ -400,6 +403,8 @@ class Scheduler:
                 sent = np.concatenate([sent, np.array(chosen, dtype=np.int64)])
         if table.advance_plain(tokens):
             settle = True
+        if table.streamed_rows.size:  # streamed text every few steps; a stream's first text at once
+            table.release(first_only=self.steps % RELEASE_EVERY_STEPS != 0)
         decoder.step(tokens, sent)
         if settle:  # most steps only advance every row: nothing to settle
             self._settle()
@@ -413,6 +418,7 @@ class Scheduler:
             and table.plain_rows.size == n
             and not table.sampled_rows.size
             and not table.stop_rows.size
+            and not table.streamed_rows.size
             and not self._waiting
             and not self._tasks
             and not self._cancelled
@@ -494,9 +500,7 @@ class Scheduler:
                 finished.add(job)
         for i in ended.tolist():
             if not leave[i]:
-                decoding = table.rows[i].decoding
-                decoding.finish(table.generated(i), int(table.stop_len[i]))
-                self._leave(i, decoding, leave, finished)
+                self._leave(i, table.finish(i), leave, finished)
         for i in per_row:
             if not leave[i]:
                 self._leave(i, table.rows[i].decoding, leave, finished)

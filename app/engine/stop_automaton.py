@@ -5,7 +5,8 @@ appeared in the text scanned so far, and cuts the completion where the earliest 
 at a time, the stops that appear first all end at that character, so the earliest begins where the *longest* of
 them does: what an Aho-Corasick automaton over the stops says in one table lookup. Its states are the prefixes of
 the stops (a trie) and ``delta[state, token]`` is the longest stop prefix that the text read so far ends with;
-``match[state]`` is the length of the longest stop that ends there (0: none).
+``match[state]`` is the length of the longest stop that ends there (0: none); ``depth[state]`` the length of
+the stop prefix itself — the characters a stream holds back, since they may yet begin a stop.
 
 :class:`StopTables` holds the automata of every stop set in use, back to back in one table (a row's state is
 an index into it), built once per stop set. Only sets of at most :data:`MOST_STOP_CHARS` characters in all are
@@ -32,6 +33,7 @@ class StopTables:
         self.vocab = vocab
         self.delta = np.zeros((0, len(vocab)), dtype=np.int32)
         self.match = np.zeros(0, dtype=np.int32)
+        self.depth = np.zeros(0, dtype=np.int32)
         self._start: dict[tuple[str, ...], int] = {}  # a stop set's first state (its empty prefix)
 
     def start(self, stops: list[str]) -> int | None:
@@ -40,10 +42,11 @@ class StopTables:
         if key not in self._start:
             if sum(map(len, key)) > MOST_STOP_CHARS:
                 return None
-            delta, match = _automaton(key, self.vocab)
+            delta, match, depth = _automaton(key, self.vocab)
             self._start[key] = len(self.match)
             self.delta = np.concatenate([self.delta, delta + len(self.match)])
             self.match = np.concatenate([self.match, match])
+            self.depth = np.concatenate([self.depth, depth])
         return self._start[key]
 
     def advance(self, states: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +55,12 @@ class StopTables:
         return after, self.match[after]
 
 
-def _automaton(stops: tuple[str, ...], vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+def _automaton(stops: tuple[str, ...], vocab: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aho-Corasick over token ids: a stop with a character outside the vocabulary can never be generated, so it
     is left out."""
     ids = [[vocab.index[c] for c in s] for s in stops if s and all(c in vocab.index for c in s)]
     children: list[dict[int, int]] = [{}]
-    match = [0]
+    match, depth = [0], [0]
     for stop in ids:  # the trie
         node = 0
         for t in stop:
@@ -65,6 +68,7 @@ def _automaton(stops: tuple[str, ...], vocab: Vocab) -> tuple[np.ndarray, np.nda
                 children[node][t] = len(children)
                 children.append({})
                 match.append(0)
+                depth.append(depth[node] + 1)
             node = children[node][t]
         match[node] = max(match[node], len(stop))
     delta = np.zeros((len(children), len(vocab)), dtype=np.int32)
@@ -80,4 +84,4 @@ def _automaton(stops: tuple[str, ...], vocab: Vocab) -> tuple[np.ndarray, np.nda
             fail[child] = delta[fail[node], t] if node else 0
             delta[node, t] = child
             queue.append(child)
-    return delta, np.asarray(match, dtype=np.int32)
+    return delta, np.asarray(match, dtype=np.int32), np.asarray(depth, dtype=np.int32)

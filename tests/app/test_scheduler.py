@@ -337,8 +337,9 @@ def test_rows_with_stops_are_plain_rows_of_the_arrays_unless_they_stream_or_want
 
 
 def first_at_or_after(text: str, start: int, length: int) -> str:
-    """A piece of ``text`` whose first occurrence is at ``start`` or later."""
-    return next(text[k : k + length] for k in range(start, len(text)) if text.find(text[k : k + length]) == k)
+    """A piece of ``text`` whose first occurrence is at ``start`` or later (or, with none, a stop never met)."""
+    pieces = (text[k : k + length] for k in range(start, len(text) - length) if text.find(text[k : k + length]) == k)
+    return next(pieces, "\u2603" * length)
 
 
 def test_a_row_with_stops_put_aside_mid_text_finds_its_stop_where_it_would_have(loaded):
@@ -357,3 +358,50 @@ def test_a_row_with_stops_put_aside_mid_text_finds_its_stop_where_it_would_have(
         (d,) = engine.decodings[name]
         completion, reason = first_stop(texts[p], stops[p], m)
         assert (d.completion, d.finish_reason, d.result(0, 0).stop_reason) == (completion, "stop", reason)
+
+
+@pytest.mark.parametrize("max_batch", [64, 2])
+def test_streamed_rows_in_the_arrays_send_their_text_in_pieces_and_never_part_of_a_stop(loaded, max_batch):
+    """Streams coalesced by time are plain rows: their text goes out every few steps (the first at once), all of
+    it but a stop prefix that may yet complete, so the pieces join into the completion the rule gives — with
+    rows put aside and stepped alone mid-stream too."""
+    prompts = ["ROMEO:\n", "KING", "All:\nSpeak", "First Citizen:\n", "What say", "Good morrow, "]
+    texts = {p: alone(loaded, p, 100) for p in prompts}
+    engine = Engine(loaded, max_batch=max_batch)
+    pieces: dict[str, list[str]] = {}
+    cases = []
+    for k, p in enumerate(prompts * 2):
+        t = texts[p]
+        stops = [] if k % 3 == 0 else [first_at_or_after(t, 20 + 7 * k, 2 + k % 3), "\u2603"]
+        cases.append((p, stops))
+        name = f"s{k}"
+        pieces[name] = []
+        ids = loaded.vocab.encode(p)
+        d = Decoding(
+            p,
+            loaded.vocab,
+            100,
+            Sampler(),
+            stops,
+            None,
+            on_piece=lambda text, infos, name=name: pieces[name].append(text),
+            prefix_ids=ids,
+            stream_in_batch=True,
+        )
+        engine.decodings[name] = [d]
+        job = GenerationJob(
+            on_done=lambda result, error, name=name: engine.done.setdefault(name, []), text=p, ids=ids, decodings=[d]
+        )
+        job.group = "first" if k < 6 else "second"
+        if k == 6:
+            engine.run(15)
+        engine.scheduler.submit(job)
+    engine.run()
+    assert max_batch == 64 or engine.scheduler.rows_put_aside > 0
+    for k, (p, stops) in enumerate(cases):
+        (d,) = engine.decodings[f"s{k}"]
+        completion, reason = first_stop(texts[p], stops, 0)
+        assert d.completion == completion and "".join(pieces[f"s{k}"]) == completion, (p, stops)
+        assert d.finish_reason == ("stop" if reason else "length")
+        if max_batch == 64:
+            assert 1 < len(pieces[f"s{k}"]) < len(completion) / 4  # coalesced, not a piece per character
