@@ -3,6 +3,7 @@ failure (domain errors, HTTP errors, validation errors, crashes) onto it. No tra
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -51,6 +52,11 @@ def error_body(status: int, message: str, param: str | None = None, kind: str | 
             "code": status,
         }
     }
+
+
+def error_json(status: int, message: str) -> bytes:
+    """The error body as bytes, for responses sent below FastAPI (pure ASGI middleware, the HTTP protocol)."""
+    return json.dumps(error_body(status, message)).encode()
 
 
 def error_response(

@@ -24,25 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import resource
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.errors import error_body
+from app.errors import error_json
 from app.settings import Settings
 
 __all__ = ["BoundedHttpProtocol"]
 
 logger = logging.getLogger("rnnlm")
 
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
 _PROBE_PATHS = {b"/health", b"/ready"}  # answered whatever the load
 DESCRIPTORS_KEPT = 64  # for the engine's socket, log files, the metrics folder: not for connections
 
@@ -148,9 +141,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         logger.info("refused a connection with %d: %s", status, message)
-        body = json.dumps(error_body(status, message)).encode()
+        body = error_json(status, message)
         head = [
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            STATUS_LINE[status],
             *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,14 +16,21 @@ __all__ = ["LARGE_REPLY_BYTES", "GiveBackMemory", "give_back_freed_memory"]
 LARGE_REPLY_BYTES = 4 << 20  # after a reply larger than this, free memory goes back to the system
 
 
-def give_back_freed_memory() -> bool:
-    """``malloc_trim(0)``: whether memory was returned (False on a C library without it)."""
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, found once (``find_library`` runs ``ldconfig``: ~2 ms); None without it."""
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
-        return False
+        return None
     trim.argtypes = (ctypes.c_size_t,)
-    return bool(trim(0))
+    return trim
+
+
+def give_back_freed_memory() -> bool:
+    """``malloc_trim(0)``: whether memory was returned (False on a C library without it)."""
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
 
 
 class GiveBackMemory:

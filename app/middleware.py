@@ -7,12 +7,11 @@ requests never need the key and error responses still carry CORS headers.
 from __future__ import annotations
 
 import hmac
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import error_json
 from app.metrics import Metrics
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware"]
@@ -21,7 +20,7 @@ PUBLIC_PATHS = {"/health", "/ready", "/"}  # "/" is the static page, which then 
 
 
 async def send_error(send: Send, status: int, message: str, headers: list | None = None) -> None:
-    body = json.dumps(error_body(status, message)).encode()
+    body = error_json(status, message)
     await send(
         {
             "type": "http.response.start",

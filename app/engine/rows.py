@@ -328,9 +328,7 @@ class RowTable:
             self._longest = max(self._longest, len(d.generated))
             self.sent[i] = len(d.completion)
             if self.stop_state[i] >= 0:
-                state = self.stop_tables.start(d.scanner.stops)
-                for token in d.generated[d.min_tokens :]:
-                    state = int(self.stop_tables.delta[state, token])
-                self.stop_state[i] = state
+                start = self.stop_tables.start(d.scanner.stops)
+                self.stop_state[i] = self.stop_tables.read(start, d.generated[d.min_tokens :])
                 if d.done and d.finish_reason == "stop":  # it found its stop alone: it ends at the next settling
                     self.stop_len[i] = len(d.generated) - len(d.completion)

@@ -539,12 +539,14 @@ class Scheduler:
     def fail_all(self, error: BaseException, pending: bool = False) -> None:
         """End every running job (and, with ``pending``, every queued one) with ``error``."""
         jobs = {row.job for row in self._table.rows} | set(self._tasks) | {j[0].job for j in self._joining}
-        for key, waiting in list(self._waiting.items()):
+        for key, waiting in list(self._waiting.items()):  # rows put aside are running; queued jobs with pending
             jobs |= {u.job for u in waiting if isinstance(u, _Parked)}
-            kept = deque(u for u in waiting if not pending and not isinstance(u, _Parked))
-            jobs |= {u for u in waiting if pending and not isinstance(u, _Parked)}
-            if kept:
-                self._waiting[key] = kept
+            queued = deque(u for u in waiting if not isinstance(u, _Parked))
+            if pending:
+                jobs |= set(queued)
+                queued.clear()
+            if queued:
+                self._waiting[key] = queued
             else:
                 del self._waiting[key]
         self._queued = sum(len(w) for w in self._waiting.values())

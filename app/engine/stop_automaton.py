@@ -54,6 +54,12 @@ class StopTables:
         after = self.delta[states, tokens]
         return after, self.match[after]
 
+    def read(self, state: int, tokens: list[int]) -> int:
+        """One row's state after reading ``tokens`` from ``state`` (a row coming back to the batch)."""
+        for token in tokens:
+            state = int(self.delta[state, token])
+        return state
+
 
 def _automaton(stops: tuple[str, ...], vocab: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aho-Corasick over token ids: a stop with a character outside the vocabulary can never be generated, so it

@@ -160,12 +160,11 @@ async def completions(
         raise ApiError(400, "suffix is not supported by this model", "suffix", kind="unsupported_parameter")
     prompts = _prompts(body, engine)
     best_of = max(body.best_of or body.n, body.n)  # best_of below n: the n themselves
-    limit = engine.settings.max_request_rows
-    if len(prompts) * best_of > limit:
+    rows, limit = len(prompts) * best_of, engine.settings.max_request_rows
+    if rows > limit:
         raise ApiError(
             422,
-            f"{len(prompts)} prompts × {best_of} completions each is {len(prompts) * best_of} sequences: "
-            f"at most {limit} per request",
+            f"{len(prompts)} prompts × {best_of} completions each is {rows} sequences: at most {limit} per request",
             "best_of" if body.best_of else "n" if body.n > 1 else "prompt",
         )
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
