@@ -91,8 +91,18 @@ class RNNLM(nn.Module):
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, V) for token ids (B, T), and the state after the last step."""
         batch, steps = tokens.shape
+        x, new_state = self._read(tokens, state)
+        logits = torch.addmm(self.b_y, x.reshape(steps * batch, -1), self.w_y)  # head once: (T·B, V)
+        return logits.view(steps, batch, -1).transpose(0, 1), new_state  # (B, T, V)
+
+    def advance(self, tokens: Tensor, state: State | None = None) -> State:
+        """The state after reading token ids (B, T), without the scores: what a burn-in reads."""
+        return self._read(tokens, state)[1]
+
+    def _read(self, tokens: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The top layer's outputs (T, B, H) for token ids (B, T), and the state after the last step."""
         if state is None:
-            state = self.init_state(batch, tokens.device)
+            state = self.init_state(tokens.shape[0], tokens.device)
         x = tokens.t()  # (T, B)
         finals = []
         for l, layer in enumerate(self.layers):
@@ -100,6 +110,4 @@ class RNNLM(nn.Module):
             if self.config.dropout and self.training:
                 x = F.dropout(x, self.config.dropout, training=True)
             finals.append(final)
-        new_state = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L, B, H)
-        logits = torch.addmm(self.b_y, x.reshape(steps * batch, -1), self.w_y)  # head once: (T·B, V)
-        return logits.view(steps, batch, -1).transpose(0, 1), new_state  # (B, T, V)
+        return x, tuple(torch.stack(parts) for parts in zip(*finals))  # each (L, B, H)

@@ -30,6 +30,7 @@ from model.checkpoint import Progress, load_checkpoint, restore_checkpoint, save
 from model.clipping import grad_clipping
 from model.data import CorpusError
 from model.distill import distillation_loss
+from model.evaluation import SplitFigure, split_nll
 from model.heap import keep_freed_memory
 from model.inference import generate, score, warm
 from model.lm import RNNLM, LMConfig
@@ -37,11 +38,12 @@ from model.train_cli import parse_args, resumed_args
 from model.train_data import TrainingData, load_training_data
 from model.train_error import TrainError
 from model.vocab import Vocab
-from model.weights import save_weights
+from model.weights import load_weights, save_weights
 
 __all__ = ["main", "parse_args", "train"]
 
 SAMPLE_PREFIX = "\n"
+ONE_STREAM = "one stream from a zero state"
 
 
 def train(args: argparse.Namespace) -> int:
@@ -104,14 +106,18 @@ def train(args: argparse.Namespace) -> int:
             teacher_file=data.teacher_file,
         )
 
-    def evaluate(train_losses: list[float], final: bool) -> None:
-        """Validation NLL, the metrics log, the best weights, a checkpoint and the plot (rank 0 only)."""
+    def evaluate(train_losses: list[float], final: SplitFigure | None) -> None:
+        """Validation NLL, the metrics log, the best weights, a checkpoint and the plot (rank 0 only). The final
+        evaluation brings the whole split's figure (``final``, read in parallel by every process); a periodic
+        one reads the split's first ``--eval-chars`` as one stream."""
         train_nll = sum(train_losses) / len(train_losses) if train_losses else float("nan")
-        val_nll = (
-            validation_nll(model, data.val_ids, None if final else args.eval_chars)
-            if len(data.val_ids) > 1
-            else train_nll
-        )
+        if final is not None:
+            val_nll, how = final.nll, final.segments.describe(world)
+        elif len(data.val_ids) > 1:
+            chars = min(args.eval_chars, len(data.val_ids))
+            val_nll, how = validation_nll(model, data.val_ids, chars), {"method": ONE_STREAM, "chars": chars}
+        else:
+            val_nll, how = train_nll, {"method": "no validation split: the training loss"}
         record = {
             "step": progress.step,
             "epoch": round(progress.step / data.steps_per_epoch, 3),
@@ -123,6 +129,7 @@ def train(args: argparse.Namespace) -> int:
             "val_nll": val_nll,
             "val_ppl": math.exp(val_nll),
             "val_bpc": val_nll / math.log(2),
+            "val_whole_split": final is not None,
         }
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -131,12 +138,32 @@ def train(args: argparse.Namespace) -> int:
             f"val ppl {math.exp(val_nll):7.3f} ({val_nll / math.log(2):.3f} bpc, {val_nll:.4f} nats) | "
             f"sample: {sample(model, data.vocab, SAMPLE_PREFIX, args.sample_chars)!r}"
         )
-        if val_nll < progress.best_val:
+        if final is None:  # a periodic figure is compared with the best so far
+            better = val_nll < progress.best_val
+        else:  # the final one with the best weights' own figure on the whole split
+            better = not best_scored_anew(val_nll)
+        if better:
             progress.best_val = val_nll
-            save_weights(out, model, data.vocab, training_metadata(args, data, progress, world, val_nll))
+            save_weights(out, model, data.vocab, training_metadata(args, data, progress, world, val_nll, how))
         checkpoint()
         if can_plot:
             plot(metrics_path, plot_path)
+
+    def best_scored_anew(final_nll: float) -> bool:
+        """At the end, the best weights so far (judged on the periodic sample) scored as the final figure is: True
+        if they still beat the final weights, and their file now carries that figure; False if the final win."""
+        if not (math.isfinite(progress.best_val) and out.is_file()):
+            return False
+        best = load_weights(out, device)
+        figure = split_nll(best.model, data.val_ids)  # this process alone: the others have gone on to the end
+        if figure.nll > final_nll:
+            return False
+        progress.best_val = figure.nll
+        training = {**best.training, **validation_fields(figure.nll), "validation": figure.segments.describe(1)}
+        save_weights(out, best.model, data.vocab, training)
+        step = best.training.get("steps")
+        tqdm.write(f"the best weights (step {step}) score {figure.nll:.4f} nats/char on the whole split: kept")
+        return True
 
     # -- output files -----------------------------------------------------------------------------------------
     if main_rank:
@@ -213,8 +240,11 @@ def train(args: argparse.Namespace) -> int:
                     refresh=False,
                 )
             if progress.step % eval_every == 0 or progress.step == limit:
+                final = None
+                if progress.step == limit and len(data.val_ids) > 1:  # every process reads its share
+                    final = split_nll(model, data.val_ids, rank=rank, world=world)
                 if main_rank:
-                    evaluate(losses, final=progress.step == limit)
+                    evaluate(losses, final)
                 losses = []
                 last_time = time.perf_counter()
             if progress.step >= limit or stop.signum is not None:
@@ -269,7 +299,8 @@ def _all_rows(final: State, world: int) -> State:
 
 @torch.no_grad()
 def validation_nll(model: RNNLM, val_ids: torch.Tensor, max_chars: int | None) -> float:
-    """Mean NLL (nats/char) of the validation text read as one stream from a zero state."""
+    """Mean NLL (nats/char) of the validation text's first ``max_chars`` (all: None) read as one stream from a
+    zero state: the periodic evaluations' fixed sample."""
     model.eval()
     return score(model, val_ids if max_chars is None else val_ids[:max_chars]).nll
 
@@ -283,7 +314,12 @@ def sample(model: RNNLM, vocab: Vocab, prefix: str, n: int) -> str:
 
 
 def training_metadata(
-    args: argparse.Namespace, data: TrainingData, progress: Progress, world: int, val_nll: float | None
+    args: argparse.Namespace,
+    data: TrainingData,
+    progress: Progress,
+    world: int,
+    val_nll: float | None,
+    validation: dict | None = None,
 ) -> dict:
     """The weight file's ``training`` record: corpus, split, position, command, options, validation figures."""
     meta = {
@@ -301,10 +337,18 @@ def training_metadata(
     if data.teacher_file is not None:
         meta["teacher"] = data.teacher_file
     if val_nll is not None:
-        meta.update(
-            val_nll=round(val_nll, 5), val_ppl=round(math.exp(val_nll), 4), val_bpc=round(val_nll / math.log(2), 5)
-        )
+        meta.update(validation_fields(val_nll))
+    if validation is not None:
+        meta["validation"] = validation  # how val_nll was computed
     return meta
+
+
+def validation_fields(val_nll: float) -> dict:
+    return {
+        "val_nll": round(val_nll, 5),
+        "val_ppl": round(math.exp(val_nll), 4),
+        "val_bpc": round(val_nll / math.log(2), 5),
+    }
 
 
 def _program() -> list[str]:

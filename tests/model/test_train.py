@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model import load_weights, score
+from model.evaluation import split_nll
 from model.train import main
 from model.train_error import TrainError
 
@@ -60,6 +61,10 @@ def test_a_small_repetitive_corpus_trains_to_perplexity_below_1_2(tmp_path, corp
     assert meta["val_ppl"] < 1.2 and meta["steps"] > 0 and meta["tokens_seen"] == meta["steps"] * 8 * 16
     assert meta["split"]["val_fraction"] == 0.1
     assert meta["split"]["train_chars"] == int(len(REPETITIVE) * 0.9)  # the tail 10 % is never trained on
+    # the final figure, read as segments in parallel, is the one-stream figure of the whole split within 1e-3
+    assert meta["validation"]["segments"] > 1 and meta["validation"]["burn_in_chars"] > 0
+    val_ids = loaded.vocab.encode(REPETITIVE[meta["split"]["train_chars"] :])
+    assert abs(meta["val_nll"] - score(loaded.model, val_ids).nll) < 1e-3
     assert (out.parent / "m.metrics.jsonl").exists() and (out.parent / "m.ckpt").exists()
 
 
@@ -122,8 +127,26 @@ def test_two_process_ddp_takes_the_same_first_step_as_one_process(tmp_path, corp
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_weights(single), load_weights(double)
     assert b.training["processes"] == 2
+    # the final evaluation's segments split between the two processes: the same figure as one process reads
+    assert b.training["validation"]["processes"] == 2 and b.training["validation"]["segments"] > 1
+    assert b.training["val_nll"] == pytest.approx(a.training["val_nll"], abs=2e-5)
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_when_an_earlier_evaluation_was_best_its_weights_are_kept_with_their_whole_split_figure(tmp_path, corpus):
+    # plain SGD at a learning rate far too high: the validation loss is lowest at the first evaluation (step 5)
+    diverging = ["--optimizer", "sgd", "--lr", "20", "--lr-schedule", "constant", "--clip", "1000"]
+    out = train(tmp_path, corpus, "run", "--max-steps", "40", "--eval-every", "5", "--sample-chars", "0", *diverging)
+    records = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_nll"])
+    assert records[-1]["val_whole_split"] and best["step"] < 40  # the premise: the final weights are not the best
+    loaded = load_weights(out)
+    meta = loaded.training
+    assert meta["steps"] == best["step"]
+    assert meta["validation"]["segments"] > 1  # scored again as the final figure is, not with the periodic sample
+    val_ids = loaded.vocab.encode(REPETITIVE[meta["split"]["train_chars"] :])
+    assert meta["val_nll"] == pytest.approx(split_nll(loaded.model, torch.as_tensor(val_ids)).nll, abs=1e-5)
 
 
 def trainer_command(corpus, out, options: str) -> list[str]:
