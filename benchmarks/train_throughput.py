@@ -1,9 +1,12 @@
 """Tokens/s of one training step (forward, backward, clipping, SGD): this project vs torch.nn, same run.
 
     python benchmarks/train_throughput.py [--cells rnn gru lstm] [--batch-sizes 64 256] [--steps 30] [--repeats 5]
+                                          [--device cpu|cuda] [--bf16]
 
-V=65, H=512, T=64, CPU; medians of --steps timed steps, the two models taking turns in blocks of 3 steps
-(see measure_pair); one line per cell and batch size.
+V=65, H=512, T=64; medians of --steps timed steps, the models taking turns in blocks of 3 steps (see
+measure_turns); one line per cell and batch size. On CUDA each step is timed between two synchronisations, and
+TF32 stays off (the trainer's float32 is true float32). With --bf16, the project's step under bf16 autocast (the
+trainer's --precision bf16) takes its turns too, and the line ends with its speed against float32.
 """
 
 from __future__ import annotations
@@ -37,35 +40,41 @@ class TorchNNLM(nn.Module):
         return self.head(out), None
 
 
-def step_time(model: nn.Module, tokens, targets, lr=0.1, theta=1.0) -> float:
+def step_time(model: nn.Module, tokens, targets, bf16: bool = False, lr=0.1, theta=1.0) -> float:
+    device = tokens.device.type
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    logits, _ = model(tokens)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        logits, _ = model(tokens)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
     model.zero_grad(set_to_none=True)
     loss.backward()
     grad_clipping(model.parameters(), theta)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(p.grad, alpha=-lr)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def measure_pair(ours: nn.Module, theirs: nn.Module, batch, steps, seq_len, vocab, block=3) -> tuple[float, float]:
-    """Tokens/s of each model: medians of ``steps`` timed steps each, on the same data, in alternating blocks.
+def measure_turns(contenders, batch, steps, seq_len, vocab, device, block=3) -> list[float]:
+    """Tokens/s of each ``(model, bf16)``: medians of ``steps`` timed steps each, on the same data, in turns.
 
     On a shared machine the speed drifts by tens of percent within a minute; timing one model after the
-    other turns that into a spurious ratio, so the two take turns, ``block`` steps at a time. The first step
+    other turns that into a spurious ratio, so they take turns, ``block`` steps at a time. The first step
     after each switch is not timed: it runs 10–40 % slow while the memory allocator and caches settle
     (timing it too showed a GRU at 1.1× that alternating blocks measure at 1.5×).
     """
-    tokens = torch.randint(0, vocab, (batch, seq_len))
-    targets = torch.randint(0, vocab, (batch, seq_len))
-    times: tuple[list[float], list[float]] = ([], [])
-    while len(times[1]) < steps:
-        for model, timed in zip((ours, theirs), times):
-            step_time(model, tokens, targets)  # settle after the switch
-            timed.extend(step_time(model, tokens, targets) for _ in range(block))
-    return tuple(batch * seq_len / statistics.median(t) for t in times)
+    tokens = torch.randint(0, vocab, (batch, seq_len), device=device)
+    targets = torch.randint(0, vocab, (batch, seq_len), device=device)
+    times: list[list[float]] = [[] for _ in contenders]
+    while len(times[-1]) < steps:
+        for (model, bf16), timed in zip(contenders, times):
+            step_time(model, tokens, targets, bf16)  # settle after the switch
+            timed.extend(step_time(model, tokens, targets, bf16) for _ in range(block))
+    return [batch * seq_len / statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -76,6 +85,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="also the project's step under bf16 autocast")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -90,28 +101,30 @@ def main() -> None:
         "torch.nn gains from it too); default: malloc as it comes",
     )
     args = parser.parse_args()
-    print_machine(args.threads)
+    print_machine(args.threads, args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if args.heap == "trainer" and not keep_freed_memory():
         parser.error("--heap trainer: this C library has no mallopt")
     torch.set_num_threads(args.threads)
     vocab = 65
     print(
         f"V={vocab} H={args.hidden} T={args.seq_len} threads={torch.get_num_threads()} heap={args.heap} "
-        f"torch {torch.__version__}"
+        f"device={args.device} torch {torch.__version__}"
     )
     ratios: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.repeats):
         for cell in args.cells:
             for batch in args.batch_sizes:
                 torch.manual_seed(0)
-                ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden))
-                theirs = TorchNNLM(cell, vocab, args.hidden)
-                a, b = measure_pair(ours, theirs, batch, args.steps, args.seq_len, vocab)
+                ours = RNNLM(LMConfig(cell=cell, vocab_size=vocab, hidden_size=args.hidden)).to(args.device)
+                theirs = TorchNNLM(cell, vocab, args.hidden).to(args.device)
+                contenders = [(ours, False), (theirs, False), *([(ours, True)] if args.bf16 else [])]
+                a, b, *bf16 = measure_turns(contenders, batch, args.steps, args.seq_len, vocab, args.device)
                 ratios.setdefault((cell, batch), []).append(a / b)
-                print(
-                    f"{cell:<4} B={batch:<4} project {a:>9,.0f} tok/s  torch.nn {b:>9,.0f} tok/s  {a / b:.2f}x",
-                    flush=True,
-                )
+                line = f"{cell:<4} B={batch:<4} project {a:>11,.0f} tok/s  torch.nn {b:>11,.0f} tok/s  {a / b:.2f}x"
+                if bf16:
+                    line += f"  | project bf16 {bf16[0]:>11,.0f} tok/s  {bf16[0] / a:.2f}x fp32"
+                print(line, flush=True)
     if args.repeats > 1:
         print(f"median ratio over {args.repeats} runs (lowest–highest):")
         for (cell, batch), values in ratios.items():

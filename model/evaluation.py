@@ -10,6 +10,12 @@ so after the burn-in the row's state is all but the stream's: the figure equals 
 ones: BENCHMARKS.md, "The final evaluation"). The first ``burn_in`` positions have no characters enough before
 them: they are the HEAD, read as one stream from the zero state exactly as the one-stream figure reads them.
 
+A state that forgets is what the burn-in relies on, and a model can break it: one whose state drifts over a
+long stream (seen mid-training: a GRU whose one-stream figure was 9.0 nats/char where its segments read 2.55)
+scores worse as one stream than as segments. So the figure is first checked where one stream is cheap — the
+split's first eighth, at most CHECK_CHARS characters, read both ways — and where the two differ by more than
+TOLERANCE, the whole split is read as one stream, as :func:`split_nll`'s figure says.
+
 With several processes (DDP), each takes its share of the segments and the sums are reduced.
 """
 
@@ -34,6 +40,8 @@ MAX_ROWS = 256  # segments read at once: a wide batch keeps the cores' matmuls b
 SEGMENT_PER_BURN_IN = 4  # a segment scores at least 4 characters for each it reads as burn-in
 LOGITS_PER_CHUNK = 1 << 22  # at most this many scores (16 MiB in float32) exist at a time
 IGNORED = -100  # F.cross_entropy's ignore_index: a padded column past the split's end
+CHECK_CHARS = 20_000  # the most characters the check reads both ways
+TOLERANCE = 1e-3  # nats/char: the most the segments' figure may differ from one stream's
 
 
 @dataclass(frozen=True)
@@ -67,22 +75,30 @@ class Segments:
         share = math.ceil(self.rows / world)
         return range(min(rank * share, self.rows), min((rank + 1) * share, self.rows))
 
-    def describe(self, world: int) -> dict:
-        """How the figure was computed, for a weight file's ``training`` record."""
-        return {
-            "method": "segments read in parallel, each after a burn-in (model/evaluation.py)",
-            "segments": self.rows,
-            "segment_chars": self.length,
-            "burn_in_chars": self.burn_in,
-            "head_chars": self.head,
-            "processes": world,
-        }
-
 
 @dataclass(frozen=True)
 class SplitFigure:
     nll: float  # mean negative log-likelihood, nats per scored character
     segments: Segments
+    check_chars: int  # the split's first characters read both ways
+    check_difference: float  # there, the segments' figure minus one stream's (nats/char)
+    one_stream: bool  # the check failed: the whole split was read as one stream
+    processes: int
+
+    def describe(self) -> dict:
+        """How the figure was computed, for a weight file's ``training`` record."""
+        s = self.segments
+        method = "one stream from a zero state" if self.one_stream else "segments read in parallel after a burn-in"
+        return {
+            "method": f"{method} (model/evaluation.py)",
+            "segments": 0 if self.one_stream else s.rows,
+            "segment_chars": s.length,
+            "burn_in_chars": s.burn_in,
+            "head_chars": s.head,
+            "check_chars": self.check_chars,
+            "check_difference": round(self.check_difference, 6),
+            "processes": self.processes,
+        }
 
 
 @torch.inference_mode()
@@ -122,17 +138,47 @@ def split_nll(
     world: int = 1,
 ) -> SplitFigure:
     """Mean NLL (nats/char) of ``ids`` (the split, 1-D, at least 2 ids) as one stream would score it, read as
-    segments in parallel. With ``world`` > 1 (DDP), every process calls it with its ``rank`` and reads its
-    share; the sums are reduced over the default process group."""
-    segments = Segments.plan(len(ids), BURN_IN[model.config.cell] if burn_in is None else burn_in, max_rows)
+    segments in parallel where the check allows (the module's docstring). With ``world`` > 1 (DDP), every
+    process calls it with its ``rank`` and reads its share; the sums are reduced over the default process group.
+    """
+    burn_in = BURN_IN[model.config.cell] if burn_in is None else burn_in
+    segments = Segments.plan(len(ids), burn_in, max_rows)
     model.eval()
-    total, count = segment_sums(model, ids, segments, segments.rows_of(rank, world))
-    if rank == 0 and segments.head:
-        head = score(model, ids[: segments.head + 1])
-        total += head.nll * head.num_scored
-        count += head.num_scored
+    check = ids[: min(CHECK_CHARS, len(ids) // 8) + 1]  # every process reads it: the same verdict everywhere
+    difference = _segment_sums_nll(model, check, Segments.plan(len(check), burn_in, max_rows)) - _stream_nll(
+        model, check
+    )
+    one_stream = abs(difference) > TOLERANCE
+    if one_stream:
+        total, count = _stream_sums(model, ids) if rank == 0 else (0.0, 0)
+    else:
+        total, count = segment_sums(model, ids, segments, segments.rows_of(rank, world))
+        if rank == 0 and segments.head:
+            head_total, head_count = _stream_sums(model, ids[: segments.head + 1])
+            total, count = total + head_total, count + head_count
     if world > 1:
         sums = torch.tensor([total, count], dtype=torch.float64, device=model.device)
         torch_dist.all_reduce(sums)
         total, count = sums.tolist()
-    return SplitFigure(nll=total / count, segments=segments)
+    return SplitFigure(total / count, segments, len(check), difference, one_stream, world)
+
+
+def _stream_sums(model: RNNLM, ids: Tensor) -> tuple[float, int]:
+    """The summed NLL and count of ``ids`` read as one stream from a zero state (nothing for fewer than 2)."""
+    if len(ids) < 2:
+        return 0.0, 0
+    figure = score(model, ids)
+    return figure.nll * figure.num_scored, figure.num_scored
+
+
+def _stream_nll(model: RNNLM, ids: Tensor) -> float:
+    total, count = _stream_sums(model, ids)
+    return total / count if count else 0.0
+
+
+def _segment_sums_nll(model: RNNLM, ids: Tensor, segments: Segments) -> float:
+    """The figure of ``ids`` as segments, in this process alone."""
+    total, count = segment_sums(model, ids, segments, range(segments.rows))
+    head_total, head_count = _stream_sums(model, ids[: segments.head + 1])
+    count += head_count
+    return (total + head_total) / count if count else 0.0

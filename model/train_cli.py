@@ -7,6 +7,7 @@ import math
 import os
 
 from model.cells import CELLS
+from model.precision import PRECISIONS
 from model.train_error import TrainError
 
 __all__ = ["RESUMABLE", "build_parser", "parse_args", "resumed_args"]
@@ -21,7 +22,18 @@ Runs unchanged under ``torchrun --nproc_per_node=K -m model.train ...`` (DDP: gl
 """
 
 # Options a resumed run may change; everything else comes from the checkpoint (given with another value: refused).
-RESUMABLE = {"max_steps", "epochs", "eval_every", "device", "out", "resume", "threads", "cache_dir", "new_corpus"}
+RESUMABLE = {
+    "max_steps",
+    "epochs",
+    "eval_every",
+    "device",
+    "precision",
+    "out",
+    "resume",
+    "threads",
+    "cache_dir",
+    "new_corpus",
+}
 
 
 def _int_at_least(low: int, expected: str):
@@ -154,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available, else CPU"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: the forward pass under bf16 autocast (weights, loss, validation and the weight file stay "
+        "float32); on CUDA, and on CPUs with bf16 instructions, where it is faster",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (None: torch's choice)")
     p.add_argument(

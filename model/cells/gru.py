@@ -21,9 +21,13 @@ __all__ = ["GRULayer"]
 class GRULayer(RecurrentLayer):
     cell = "gru"
     num_gates = 3
+    fused_op = torch._VF.gru
 
     def add_cell_parameters(self) -> None:
         self.b_hn = nn.Parameter(torch.empty(self.hidden_size))  # bias of H W_hn, inside the reset product
+
+    def fused_hidden_bias(self) -> Tensor:
+        return torch.cat((self.b_hn.new_zeros(2 * self.hidden_size), self.b_hn))
 
     def step(self, x: Tensor, state: State, w_hh: Tensor) -> State:
         (h,), H = state, self.hidden_size

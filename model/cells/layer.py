@@ -11,7 +11,9 @@ A layer maps inputs (T, B) token ids (first layer) or (T, B, in) floats, and a s
 
 Each cell's module (``rnn.py``, ``gru.py``, ``lstm.py``) opens with its equations as plain torch code: the
 reference, which runs on any device and which the tests hold every other path to. Beneath it, that cell's fast
-paths: a fused recurrence with a hand-written backward pass (BPTT), and a numpy step for CPU inference.
+paths: a fused recurrence with a hand-written backward pass (BPTT), and a numpy step for CPU inference. A fourth
+path, shared here, hands the sequence to torch's own fused recurrence (``torch._VF.rnn_tanh`` / ``gru`` /
+``lstm``: cuDNN on CUDA) with the layer's weights in the exchange layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -40,6 +43,11 @@ State = tuple[Tensor, ...]
 NUMPY_MIN_STEPS = 16
 NUMPY_MAX_BATCH = 4
 
+# cuDNN copies weights that are not views of one flat buffer into one at every call, and says so each time; the
+# fused path's weights are transposed views of this project's parameters, so the copy is the price of the layout
+# (a few MB per call, next to a whole sequence's recurrence).
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk of memory")
+
 
 class Path(enum.Enum):
     """Which implementation of a cell reads a sequence."""
@@ -47,6 +55,7 @@ class Path(enum.Enum):
     RECORDED = "recorded"  # autograd records: the fused recurrence, whose backward pass is hand-written
     TORCH = "torch"  # nothing to record: the recurrence in torch, keeping nothing for a backward pass
     NUMPY = "numpy"  # nothing to record, on the CPU, long and narrow: the numpy step in a loop
+    FUSED = "fused"  # on CUDA, or in bf16/fp16: torch's fused recurrence (cuDNN), recording or not
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,14 @@ class PathFacts:
     steps: int
     rows: int
     weight_dropped: bool  # W_hh is a fresh DropConnect sample, not the parameter numpy reads
+    on_cuda: bool = False  # where cuDNN's fused kernels beat the loops here (BENCHMARKS.md, "Training on a GPU")
+    low_precision: bool = False  # autocast to bf16/fp16 is on: the loops here keep float32, cuDNN takes it
 
 
 def choose_path(facts: PathFacts) -> Path:
     """The one place that decides how a layer reads a sequence."""
+    if facts.on_cuda or facts.low_precision:
+        return Path.FUSED
     if facts.recording:
         return Path.RECORDED
     if (
@@ -116,6 +129,7 @@ class RecurrentLayer(nn.Module):
     cell: str  # the name in CELLS and in a weight file's config
     num_gates = 1
     num_state_tensors = 1  # h, or (h, c) for the LSTM
+    fused_op = None  # torch's fused recurrence for this cell: torch._VF.rnn_tanh, gru or lstm
     registry: dict[str, type[RecurrentLayer]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -174,20 +188,26 @@ class RecurrentLayer(nn.Module):
             return F.dropout(self.w_hh, self.weight_drop, training=True)
         return self.w_hh
 
-    def path_facts(self, xw: Tensor, state: State, w_hh: Tensor) -> PathFacts:
-        tensors = (xw, *state)
+    def path_facts(self, x: Tensor, state: State, w_hh: Tensor) -> PathFacts:
+        """What :func:`choose_path` needs to know of a call with inputs ``x`` (ids or floats)."""
+        device = state[0].device.type
         return PathFacts(
-            recording=torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *self.parameters())),
-            numpy_can_read=on_cpu(*tensors),
-            steps=xw.shape[0],
-            rows=xw.shape[1],
+            recording=torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *self.parameters())),
+            numpy_can_read=on_cpu(*state, self.w_hh, *([] if x.dtype == torch.long else [x])),
+            steps=x.shape[0],
+            rows=x.shape[1],
             weight_dropped=w_hh is not self.w_hh,
+            on_cuda=device == "cuda",
+            low_precision=torch.is_autocast_enabled(device),
         )
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        xw = self.project_inputs(x)
         w_hh = self.recurrent_weights()
-        path = choose_path(self.path_facts(xw, state, w_hh))
+        facts = self.path_facts(x, state, w_hh)
+        path = choose_path(facts)
+        if path is Path.FUSED:
+            return self.fused(x, state, w_hh, recording=facts.recording)
+        xw = self.project_inputs(x)
         if path is Path.NUMPY:
             return read_sequence(xw, state, self)
         return self.recurrence(xw, state, w_hh, recording=path is Path.RECORDED)
@@ -197,6 +217,36 @@ class RecurrentLayer(nn.Module):
         outputs (T, B, H) and the final state; with ``recording``, the fused forward pass whose backward pass
         is hand-written."""
         raise NotImplementedError
+
+    def fused(self, x: Tensor, state: State, w_hh: Tensor, recording: bool) -> tuple[Tensor, State]:
+        """torch's fused recurrence (cuDNN on CUDA) over ``x`` with this layer's weights in the exchange layout
+        (``weight_ih = W_xh^T``, ``weight_hh = W_hh^T``, ``bias_ih = b_h``, ``bias_hh`` zeros but the GRU's
+        ``b_hn``); under autocast, in autocast's dtype, the final state back in the state's. Token ids enter as
+        one-hot rows (``X_t W_xh``, as the notebook writes it) while the vocabulary is at most G·H wide; wider,
+        as their projections ``X_t W_xh + b_h`` through an identity map, the cheaper product of the two."""
+        device = state[0].device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else state[0].dtype
+        width = self.num_gates * self.hidden_size
+        if x.dtype != torch.long:
+            inputs, w_ih, b_ih = x, self.w_xh.t(), self.b_h
+        elif self.input_size <= width:
+            inputs, w_ih, b_ih = F.one_hot(x, self.input_size).to(dtype), self.w_xh.t(), self.b_h
+        else:
+            inputs = self.project_inputs(x)
+            w_ih, b_ih = torch.eye(width, dtype=dtype, device=x.device), self.b_h.new_zeros(width)
+        params = [t.to(dtype) for t in (w_ih, w_hh.t(), b_ih, self.fused_hidden_bias())]
+        with torch.autocast(device, enabled=False):
+            outputs, final = self.fused_call(inputs.to(dtype), tuple(s.to(dtype) for s in state), params, recording)
+        return outputs, tuple(f.to(state[0].dtype) for f in final)
+
+    def fused_hidden_bias(self) -> Tensor:
+        """``bias_hh`` of the exchange layout: zeros (b_h holds the one bias), but the GRU's ``b_hn``."""
+        return self.b_h.new_zeros(self.num_gates * self.hidden_size)
+
+    def fused_call(self, inputs: Tensor, state: State, params: list[Tensor], recording: bool) -> tuple[Tensor, State]:
+        """One layer of ``fused_op``: outputs (T, B, H) and the final state as (B, H) tensors."""
+        outputs, h = self.fused_op(inputs, state[0][None], params, True, 1, 0.0, recording, False, False)
+        return outputs, (h[0],)
 
     def numpy_arrays(self) -> SimpleNamespace:
         """This layer's parameters as numpy views of its tensors (no copies), by name."""

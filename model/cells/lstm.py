@@ -21,6 +21,11 @@ class LSTMLayer(RecurrentLayer):
     cell = "lstm"
     num_gates = 4
     num_state_tensors = 2
+    fused_op = torch._VF.lstm
+
+    def fused_call(self, inputs: Tensor, state: State, params: list[Tensor], recording: bool):
+        outputs, h, c = self.fused_op(inputs, [s[None] for s in state], params, True, 1, 0.0, recording, False, False)
+        return outputs, (h[0], c[0])
 
     def step(self, x: Tensor, state: State, w_hh: Tensor) -> State:
         (h, c), H = state, self.hidden_size

@@ -14,6 +14,7 @@ __all__ = ["RNNLayer"]
 class RNNLayer(RecurrentLayer):
     cell = "rnn"
     num_gates = 1
+    fused_op = torch._VF.rnn_tanh
 
     def step(self, x: Tensor, state: State, w_hh: Tensor) -> State:
         (h,), w_xh, b_h = state, self.w_xh, self.b_h

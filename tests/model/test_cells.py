@@ -1,6 +1,8 @@
 """Each cell's reference (its equations as plain torch code) against torch.nn with the same weights, and every
 fast path against the reference; the one function that chooses the path; the registry."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,14 +53,18 @@ def test_the_reference_equals_torch_nn(cell, layers):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def run_path(layer, path, x, state):
-    """The layer's sequence read through one named path."""
+def run_path(layer, path, x, state, w_hh=None):
+    """The layer's sequence read through one named path (FUSED and RECORDED record what autograd asks for)."""
+    w_hh = layer.w_hh if w_hh is None else w_hh
+    if path is Path.FUSED:
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *layer.parameters()))
+        return layer.fused(x, state, w_hh, recording=recording)
     xw = layer.project_inputs(x)
     if path is Path.NUMPY:
         with torch.no_grad():
             return read_sequence(xw, state, layer)
     with torch.set_grad_enabled(path is Path.RECORDED):
-        return layer.recurrence(xw, state, layer.w_hh, recording=path is Path.RECORDED)
+        return layer.recurrence(xw, state, w_hh, recording=path is Path.RECORDED)
 
 
 @pytest.mark.parametrize("path", Path)
@@ -100,6 +106,73 @@ def test_the_recorded_path_gives_the_references_gradients(cell):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("weight_drop", [0.0, 0.5])
+@pytest.mark.parametrize(("input_size", "hidden"), [(11, 16), (7, 16), (40, 4)])  # ids one-hot, floats, ids wide
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_fused_path_gives_the_references_outputs_and_gradients(cell, input_size, hidden, weight_drop):
+    """torch's fused recurrence with the weights in the exchange layout: the same outputs, final state and
+    gradients (inputs, state, every parameter) as the cell's equations, with one DropConnect mask for both."""
+    torch.manual_seed(3)
+    layer = CELLS[cell](input_size, hidden, weight_drop=weight_drop).train()
+    ids = input_size != 7
+    x = torch.randint(0, input_size, (12, 3)) if ids else torch.randn(12, 3, input_size, requires_grad=True)
+    state = tuple(torch.randn(3, hidden, requires_grad=True) for _ in range(layer.num_state_tensors))
+    weights = torch.randn(12, 3, hidden)
+
+    def run(read):
+        layer.zero_grad()
+        for t in (x, *state):
+            t.grad = None
+        torch.manual_seed(4)  # the same DropConnect mask for both reads
+        outputs, final = read(layer.recurrent_weights())
+        ((outputs * weights).sum() + sum(f.square().sum() for f in final)).backward()
+        grads = [t.grad.clone() for t in (*([] if ids else [x]), *state, *layer.parameters())]
+        return outputs.detach(), [f.detach() for f in final], grads
+
+    fused = run(lambda w_hh: run_path(layer, Path.FUSED, x, state, w_hh))
+    reference = run(lambda w_hh: layer.reference(x, state, w_hh))
+    torch.testing.assert_close(fused[0], reference[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused[1] + fused[2], reference[1] + reference[2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_model_read_through_the_fused_path_trains_as_through_the_recorded_one(monkeypatch, cell, layers):
+    """The whole model with dropout between layers and weight drop, the same random draws: logits, final
+    state and every parameter's gradient equal whichever path its layers take."""
+    model = make_model(cell, layers, weight_drop=0.3)
+    model.config = dataclasses.replace(model.config, dropout=0.2)
+    model.train()
+    tokens, targets = torch.randint(0, 11, (2, 4, 10))
+
+    def step(path):
+        monkeypatch.setattr("model.cells.layer.choose_path", lambda facts: path)
+        model.zero_grad()
+        torch.manual_seed(5)
+        logits, final = model(tokens)
+        F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)).backward()
+        return [logits.detach(), *(f.detach() for f in final), *(p.grad.clone() for p in model.parameters())]
+
+    for a, b in zip(step(Path.FUSED), step(Path.RECORDED)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_under_bf16_autocast_the_fused_path_reads_in_bf16_and_the_weights_stay_float32(cell):
+    model = make_model(cell, 2)
+    tokens = torch.randint(0, 11, (4, 10))
+    expected, _ = model(tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        facts = model.layers[0].path_facts(tokens.t(), model.init_state(4)[0][:1], model.layers[0].w_hh)
+        logits, final = model(tokens)
+    assert facts.low_precision and choose_path(facts) is Path.FUSED
+    assert logits.dtype == torch.bfloat16 and all(f.dtype == torch.float32 for f in final)
+    torch.testing.assert_close(logits.float(), expected.detach(), atol=0.05, rtol=0.05)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 FACTS = dict(recording=False, numpy_can_read=True, steps=NUMPY_MIN_STEPS, rows=NUMPY_MAX_BATCH, weight_dropped=False)
 
 
@@ -113,6 +186,10 @@ FACTS = dict(recording=False, numpy_can_read=True, steps=NUMPY_MIN_STEPS, rows=N
         ({"rows": NUMPY_MAX_BATCH + 1}, Path.TORCH),
         ({"numpy_can_read": False}, Path.TORCH),
         ({"weight_dropped": True}, Path.TORCH),
+        ({"on_cuda": True, "numpy_can_read": False}, Path.FUSED),
+        ({"on_cuda": True, "numpy_can_read": False, "recording": True}, Path.FUSED),
+        ({"low_precision": True}, Path.FUSED),
+        ({"low_precision": True, "recording": True}, Path.FUSED),
     ],
 )
 def test_choose_path(change, expected):
@@ -121,8 +198,7 @@ def test_choose_path(change, expected):
 
 def facts_of(layer, x, state, mode):
     with mode():
-        xw = layer.project_inputs(x)
-        return layer.path_facts(xw, state, layer.recurrent_weights())
+        return layer.path_facts(x, state, layer.recurrent_weights())
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -82,3 +82,22 @@ def test_on_the_shipped_weights_the_figure_equals_one_stream_within_1e_3(name, c
     assert abs(figure.nll - score(loaded.model, ids).nll) < 1e-3
     if chars is None:  # the whole split: the figure in the weight file, which one stream measured
         assert abs(figure.nll - loaded.training["val_nll"]) < 1e-3
+
+
+def test_where_segments_and_one_stream_disagree_on_the_check_the_whole_split_is_read_as_one_stream():
+    """A model whose state remembers (random, sharpened weights) read with no burn-in at all: the segments'
+    figure is off on the check, so the figure is one stream's, and says so."""
+    torch.manual_seed(2)
+    model = RNNLM(LMConfig(cell="rnn", vocab_size=9, hidden_size=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    ids = torch.randint(0, 9, (4000,))
+    figure = split_nll(model, ids, burn_in=0)
+    assert figure.one_stream and abs(figure.check_difference) > 1e-3 and figure.check_chars == 501
+    assert figure.nll == pytest.approx(score(model, ids).nll, abs=1e-9)
+    assert figure.describe()["method"].startswith("one stream") and figure.describe()["segments"] == 0
+    forgetful = RNNLM(LMConfig(cell="rnn", vocab_size=9, hidden_size=32)).eval()  # as initialised: it forgets
+    stable = split_nll(forgetful, ids, burn_in=64)
+    assert not stable.one_stream and abs(stable.check_difference) <= 1e-3 and stable.describe()["segments"] > 1
+    assert abs(stable.nll - score(forgetful, ids).nll) < 1e-3

@@ -12,8 +12,10 @@ import time
 import pytest
 import torch
 
+import model.cells.layer as layer_module
 from model import load_weights, score
 from model.evaluation import split_nll
+from model.precision import cpu_has_bf16
 from model.train import main
 from model.train_error import TrainError
 
@@ -357,3 +359,39 @@ def test_resuming_with_other_options_is_refused_before_any_training_and_another_
     assert main(["--resume", ckpt, "--hidden", "32", "--corpus", str(corpus), "--max-steps", "3"]) == 0
     assert main(["--resume", ckpt, "--corpus", str(other), "--new-corpus", "--max-steps", "4"]) == 0
     assert load_weights(out).training["corpus"][0]["name"].endswith("other.txt")
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_refused_in_one_line_before_any_work(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.setattr("model.precision.cpu_has_bf16", lambda: False)
+    out = tmp_path / "m.safetensors"
+    assert main(["--corpus", str(corpus), "--out", str(out), "--device", "cpu", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision bf16: this CPU has no bf16 instructions" in err[0], err
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_bf16_trains_its_layers_in_bf16_and_writes_float32_weights_and_figures(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr("model.precision.cpu_has_bf16", lambda: True)  # whatever this machine's CPU has
+    seen = []
+    choose = layer_module.choose_path
+    monkeypatch.setattr(layer_module, "choose_path", lambda facts: seen.append(facts) or choose(facts))
+    out = train(tmp_path, corpus, "bf16", "--max-steps", "30", "--lr", "0.01", "--device", "cpu", "--precision", "bf16")
+    recorded = [f for f in seen if f.recording]  # the training steps' forward passes
+    assert recorded and all(f.low_precision for f in recorded)
+    assert not any(f.low_precision for f in seen if not f.recording)  # evaluation and samples: float32
+    loaded = load_weights(out)
+    assert all(t.dtype == torch.float32 for t in loaded.model.state_dict().values())
+    meta = loaded.training
+    assert meta["hyperparameters"]["precision"] == "bf16"
+    val_ids = loaded.vocab.encode(REPETITIVE[meta["split"]["train_chars"] :])
+    assert abs(meta["val_nll"] - score(loaded.model, val_ids).nll) < 1e-3  # computed in float32, as scored here
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx2 avx512f avx512_bf16 sse", True), ("fpu avx2", False)])
+def test_the_cpu_s_bf16_instructions_are_read_from_its_flags(tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_bf16(info) is expected
+    assert cpu_has_bf16(tmp_path / "missing") is False
