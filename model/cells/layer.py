@@ -55,7 +55,7 @@ class Path(enum.Enum):
     RECORDED = "recorded"  # autograd records: the fused recurrence, whose backward pass is hand-written
     TORCH = "torch"  # nothing to record: the recurrence in torch, keeping nothing for a backward pass
     NUMPY = "numpy"  # nothing to record, on the CPU, long and narrow: the numpy step in a loop
-    FUSED = "fused"  # on CUDA, or in bf16/fp16: torch's fused recurrence (cuDNN), recording or not
+    FUSED = "fused"  # on CUDA (a sequence, or recording), or in bf16/fp16: torch's fused recurrence (cuDNN)
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class PathFacts:
 
 def choose_path(facts: PathFacts) -> Path:
     """The one place that decides how a layer reads a sequence."""
-    if facts.on_cuda or facts.low_precision:
-        return Path.FUSED
+    if facts.low_precision or (facts.on_cuda and (facts.recording or facts.steps > 1)):
+        return Path.FUSED  # one step without a gradient stays in torch: the step the decoder's CUDA graphs record
     if facts.recording:
         return Path.RECORDED
     if (

@@ -187,6 +187,8 @@ FACTS = dict(recording=False, numpy_can_read=True, steps=NUMPY_MIN_STEPS, rows=N
         ({"numpy_can_read": False}, Path.TORCH),
         ({"weight_dropped": True}, Path.TORCH),
         ({"on_cuda": True, "numpy_can_read": False}, Path.FUSED),
+        ({"on_cuda": True, "numpy_can_read": False, "steps": 1}, Path.TORCH),  # the step CUDA graphs capture
+        ({"on_cuda": True, "numpy_can_read": False, "steps": 1, "recording": True}, Path.FUSED),
         ({"on_cuda": True, "numpy_can_read": False, "recording": True}, Path.FUSED),
         ({"low_precision": True}, Path.FUSED),
         ({"low_precision": True, "recording": True}, Path.FUSED),

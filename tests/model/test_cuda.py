@@ -2,6 +2,7 @@
 one device loads on the other. These need a CUDA device; on a CPU-only machine (CI) they are reported as skipped.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,7 @@ def test_the_trainer_runs_on_cuda_and_its_weights_load_on_the_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_on_cuda_every_layer_reads_through_cudnn_recording_or_not(cell):
+def test_on_cuda_a_sequence_or_a_recorded_step_reads_through_cudnn(cell):
     model = make_model(cell).cuda()
     layer = model.layers[0]
     tokens = torch.randint(0, 13, (40, 8), device="cuda")
@@ -140,6 +141,8 @@ def test_on_cuda_every_layer_reads_through_cudnn_recording_or_not(cell):
     for mode in (torch.enable_grad, torch.inference_mode):
         with mode():
             assert choose_path(layer.path_facts(tokens, state, layer.w_hh)) is CellPath.FUSED
+    with torch.inference_mode():  # one step without a gradient: the torch step that the decoder's graphs capture
+        assert choose_path(layer.path_facts(tokens[:1], state, layer.w_hh)) is CellPath.TORCH
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -160,7 +163,8 @@ def test_bf16_autocast_on_cuda_reads_in_bf16_and_keeps_float32_weights_and_gradi
 def test_the_shipped_gru_configuration_trains_on_cuda_and_scores_the_same_on_the_cpu(tmp_path, precision):
     """A few hundred steps of weights/gated's configuration through cuDNN; the file scores the same on either
     device, and its val_nll is that score (the whole split read in parallel, within 1e-3 of one stream)."""
-    corpus = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+    root = Path(__file__).resolve().parents[2]
+    corpus = Path(os.environ.get("RNNLM_TEST_CORPUS", root.parent / "shared" / "data" / "tinyshakespeare.txt"))
     out = tmp_path / "gated.safetensors"
     options = "--cell gru --layers 2 --hidden 512 --dropout 0.2 --time-step 128 --batch-size 64 --max-steps 200"
     args = ["--corpus", str(corpus), "--out", str(out), "--device", "cuda", "--precision", precision]
