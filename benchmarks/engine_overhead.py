@@ -10,7 +10,9 @@ where bursts beat single steps. Kinds of rows:
 - ``greedy``: plain greedy rows (the batch's arrays, no Python per row);
 - ``stops``: greedy rows with a stop sequence that never matches (a :class:`Decoding` per row);
 - ``sampled``: temperature 0.8, top-p 0.95, no seed (drawn for all such rows at once; before that, per row);
-- ``seeded``: the same with a seed per row (a :class:`Decoding` and generator per row).
+- ``seeded``: the same with a seed per row (a :class:`Decoding` and generator per row);
+- ``penalised``: greedy with a frequency and a presence penalty and a logit bias (adjusted for all such rows at
+  once in the batch's arrays; before that, per row).
 
     python benchmarks/engine_overhead.py [--rows 64 512 1024] [--steps 200] [--repeats 5] [--device cpu]
                                          [--weights weights/rnn.safetensors]   # a real model instead of H = 8
@@ -43,6 +45,7 @@ KINDS = {
     "stops": (Sampler(), ["\n\n\n\n\n\n"]),
     "sampled": (Sampler(temperature=0.8, top_p=0.95), []),
     "seeded": (Sampler(temperature=0.8, top_p=0.95, seed=0), []),
+    "penalised": (Sampler(frequency_penalty=0.5, presence_penalty=0.3, logit_bias=((3, 2.0), (5, -100.0))), []),
 }
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TEMPERATURE", "Sampler", "filter_scores", "sample_rows"]
+__all__ = ["LARGE", "MIN_TEMPERATURE", "Sampler", "filter_scores", "sample_rows"]
 
-_LARGE = 1e30  # finite bound of an adjusted logit
+LARGE = 1e30  # finite bound of an adjusted logit
 # Below this, sampling is indistinguishable from argmax and float32 division would overflow: treat as greedy.
 MIN_TEMPERATURE = 1e-4
 
@@ -79,7 +79,7 @@ class Sampler:
         if seen is not None and self.repetition_penalty != 1:
             r = self.repetition_penalty
             scores = torch.where(seen, torch.where(scores > 0, scores / r, scores * r), scores)
-            scores = scores.clamp(-_LARGE, _LARGE)  # a tiny r must not make a logit infinite (inf - inf = NaN)
+            scores = scores.clamp(-LARGE, LARGE)  # a tiny r must not make a logit infinite (inf - inf = NaN)
         if counts is not None and (self.frequency_penalty or self.presence_penalty):
             scores -= counts * self.frequency_penalty + (counts > 0).float() * self.presence_penalty
         for token, bias in self.logit_bias:

@@ -47,6 +47,9 @@ class Decoding:
         # sampled with no seed and nothing adjusted: the batch draws its token with the other such rows, from
         # one generator (the same distribution as a generator of its own)
         self.batch_sampled = not sampler.greedy and not sampler.adjusts and sampler.seed is None
+        # a bias or penalties, and no generator of its own: the batch adjusts its scores with the other such rows'
+        # (rows.py), then takes the argmax or draws with the batch's generator
+        self.batch_adjusted = sampler.adjusts and (sampler.greedy or sampler.seed is None)
         self.rng = sampler.generator()
         # how often each token has been generated, and which the prompt or the output holds: the penalties' input
         self.counts = torch.zeros(len(vocab)) if sampler.needs_history else None

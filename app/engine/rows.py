@@ -16,9 +16,12 @@ together. A row is one of three kinds, each stepped its own way by the scheduler
 - **per-row**: everything else — a :class:`~app.engine.generation.Decoding` chooses and accepts each token as it
   always has (its own seeded generator, penalties, stops, logprobs, streaming), confined to its row.
 
-Every generating row sampled without a seed and without penalties or bias, plain or per-row, has its sampler's
-settings here too (``temperature``, ``top_k``, ``top_p``, ``log_min_p``): :meth:`RowTable.sample` draws all
-their tokens at once (:func:`model.sampling.sample_rows`).
+Every generating row sampled without a seed, plain or per-row, has its sampler's settings here too
+(``temperature``, ``top_k``, ``top_p``, ``log_min_p``): :meth:`RowTable.sample` draws all their tokens at once
+(:func:`model.sampling.sample_rows`). A plain row with a bias or penalties and no generator of its own is
+*adjusted*: its ``logit_bias`` (``bias[i]``), the tokens it has generated (``counts[i]``) and seen in its prompt
+or since (``seen[i]``) and its penalties live here, and :meth:`RowTable.adjust` applies them to all such rows'
+scores at once, as :meth:`model.sampling.Sampler.adjusted` does to one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from app.engine.generation import Decoding
 from app.engine.jobs import GenerationJob
 from app.engine.stop_automaton import StopTables
-from model.sampling import log_min_p, sample_rows
+from model.sampling import LARGE, greedy_choice, log_min_p, sample_rows
 
 __all__ = ["Row", "RowTable"]
 
@@ -65,6 +68,15 @@ class RowTable:
         self.stop_len = np.zeros(0, dtype=np.int32)  # the stop the row has just completed (0: none)
         self.streamed = np.zeros(0, dtype=bool)  # a plain row whose text is streamed
         self.sent = np.zeros(0, dtype=np.int64)  # characters of it sent so far
+        self.adjusted = np.zeros(0, dtype=bool)  # a plain row whose scores a bias or penalties change
+        self.frequency = np.zeros(0, dtype=np.float32)  # its frequency_penalty
+        self.presence = np.zeros(0, dtype=np.float32)  # its presence_penalty
+        self.repetition = np.zeros(0, dtype=np.float32)  # its repetition_penalty (1: none)
+        # (rows, V), made with the first adjusted row: its logit_bias (-inf bans), how often it generated each
+        # token, and which tokens its prompt or its output holds
+        self.bias: np.ndarray | None = None
+        self.counts: np.ndarray | None = None
+        self.seen: np.ndarray | None = None
         self.stop_tables: StopTables | None = None  # made with the first row that has stops
         self.history = np.zeros((0, 64), dtype=np.int32)  # (slots, width)
         self._free_slots: list[int] = []
@@ -77,6 +89,7 @@ class RowTable:
         self.sampled_rows = np.zeros(0, dtype=np.int64)
         self.stop_rows = np.zeros(0, dtype=np.int64)  # plain rows with stop sequences
         self.streamed_rows = np.zeros(0, dtype=np.int64)  # plain rows that stream
+        self.adjusted_rows = np.zeros(0, dtype=np.int64)  # plain rows with a bias or penalties
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,7 +112,12 @@ class RowTable:
         "stop_len",
         "streamed",
         "sent",
+        "adjusted",
+        "frequency",
+        "presence",
+        "repetition",
     )
+    _MATRICES = ("bias", "counts", "seen")  # (rows, V): grown and kept as the arrays are
 
     def _grow(self, capacity: int) -> None:
         for name in self._ARRAYS:
@@ -107,6 +125,12 @@ class RowTable:
             new = np.zeros(capacity, dtype=old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
+        for name in self._MATRICES:
+            old = getattr(self, name)
+            if old is not None:
+                new = np.zeros((capacity, old.shape[1]), dtype=old.dtype)
+                new[: len(old)] = old
+                setattr(self, name, new)
         history = np.zeros((capacity, self.history.shape[1]), dtype=np.int32)
         history[: len(self.history)] = self.history
         self._free_slots += range(len(self.history), capacity)
@@ -161,7 +185,10 @@ class RowTable:
         plain = decoding.top_logprobs is None and (decoding.on_piece is None or decoding.batch_stream)
         stops = self._stop_start(decoding) if plain and decoding.scanner.stops else None
         plain = plain and (stops is not None or not decoding.scanner.stops)
-        self.plain[i] = (decoding.greedy or decoding.batch_sampled) and plain
+        self.plain[i] = (decoding.greedy or decoding.batch_sampled or decoding.batch_adjusted) and plain
+        self.adjusted[i] = self.plain[i] and decoding.batch_adjusted
+        if self.adjusted[i]:
+            self._start_adjusting(i, decoding)
         self.streamed[i] = self.plain[i] and decoding.on_piece is not None
         self.sent[i] = len(decoding.completion)
         if self.plain[i]:
@@ -170,6 +197,37 @@ class RowTable:
                 self.stop_state[i], self.stop_from[i] = stops, decoding.min_tokens
             if decoding.generated:  # it ran before (alone, or before it was put aside)
                 self.from_decoding(i)
+
+    def _start_adjusting(self, i: int, decoding: Decoding) -> None:
+        s, vocab = decoding.sampler, len(decoding.vocab)
+        if self.bias is None:
+            self.bias = np.zeros((self._capacity, vocab), dtype=np.float32)
+            self.counts = np.zeros((self._capacity, vocab), dtype=np.float32)
+            self.seen = np.zeros((self._capacity, vocab), dtype=bool)
+        self.sampled[i] = not s.greedy  # drawn with the batch's generator, from the adjusted scores
+        if self.sampled[i]:
+            self.temperature[i], self.top_k[i], self.top_p[i] = s.temperature, min(s.top_k, 1 << 62), s.top_p
+            self.log_min_p[i] = log_min_p(s.min_p)
+        self.frequency[i], self.presence[i], self.repetition[i] = (
+            s.frequency_penalty,
+            s.presence_penalty,
+            s.repetition_penalty,
+        )
+        self.bias[i] = 0
+        for token, bias in s.logit_bias:
+            self.bias[i, token] = -np.inf if bias <= -100 else self.bias[i, token] + np.float32(bias)
+        self._take_history(i, decoding)
+
+    def _take_history(self, i: int, decoding: Decoding) -> None:
+        """An adjusted row's counts and seen tokens from its decoding (which keeps them while it runs alone)."""
+        self.counts[i] = 0 if decoding.counts is None else decoding.counts.numpy()
+        self.seen[i] = False if decoding.seen is None else decoding.seen.numpy()
+
+    def _give_history(self, i: int, decoding: Decoding) -> None:
+        if decoding.counts is not None:
+            decoding.counts = torch.from_numpy(self.counts[i].copy())
+        if decoding.seen is not None:
+            decoding.seen = torch.from_numpy(self.seen[i].copy())
 
     def _stop_start(self, decoding: Decoding) -> int | None:
         if self.stop_tables is None:
@@ -186,6 +244,33 @@ class RowTable:
         self.sampled_rows = np.flatnonzero(self.sampled[:n])
         self.stop_rows = np.flatnonzero(plain & (self.stop_state[:n] >= 0))
         self.streamed_rows = np.flatnonzero(plain & self.streamed[:n])
+        self.adjusted_rows = np.flatnonzero(plain & self.adjusted[:n])
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (n, V) with every adjusted row's scores changed by its bias and penalties (a copy; the other
+        rows as they were): CTRL's repetition penalty over the tokens seen, then ``count · frequency + (count > 0)
+        · presence`` subtracted, then the bias added (-inf bans) — :meth:`Sampler.adjusted`'s float32 operations,
+        in numpy for all the rows at once (a numpy call costs a fraction of torch's at this size)."""
+        rows = self.adjusted_rows
+        index = torch.from_numpy(rows).to(logits.device)
+        scores = logits.index_select(0, index).float().cpu().numpy()  # a copy
+        r = self.repetition[rows][:, None]
+        repeats = r != 1
+        if repeats.any():
+            penalised = np.where(scores > 0, scores / r, scores * r)
+            scores = np.where(repeats, np.clip(np.where(self.seen[rows], penalised, scores), -LARGE, LARGE), scores)
+        counts = self.counts[rows]
+        scores -= counts * self.frequency[rows][:, None] + (counts > 0) * self.presence[rows][:, None]
+        scores += self.bias[rows]
+        adjusted = logits.clone()
+        adjusted[index] = torch.from_numpy(scores).to(logits.device, logits.dtype)
+        return adjusted
+
+    def adjusted_greedy(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The adjusted rows chosen greedily, and their choice from ``logits`` (the adjusted scores)."""
+        rows = self.adjusted_rows[~self.sampled[self.adjusted_rows]]
+        index = torch.from_numpy(rows).to(logits.device)
+        return rows, greedy_choice(logits.index_select(0, index).float().cpu().numpy()).astype(np.int64)
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """A token for every row in :attr:`sampled_rows`, drawn at once from ``logits`` (n, V), each by its row's
@@ -224,6 +309,10 @@ class RowTable:
         self._longest += 1
         left = self.remaining[rows] - 1
         self.remaining[rows] = left
+        if self.adjusted_rows.size:  # what the penalties read next step
+            adjusted = self.adjusted_rows
+            self.counts[adjusted, tokens[adjusted]] += 1
+            self.seen[adjusted, tokens[adjusted]] = True
         stopped = False
         if self.stop_rows.size:  # each stop row's automaton reads its token (once stops count)
             rows = self.stop_rows
@@ -254,6 +343,10 @@ class RowTable:
         for name in self._ARRAYS:
             array = getattr(self, name)
             array[:m] = array[keep]
+        for name in self._MATRICES:
+            matrix = getattr(self, name)
+            if matrix is not None:
+                matrix[:m] = matrix[keep]
         self.rows = [self.rows[i] for i in keep.tolist()]
         self._longest = int(self.count[:m][self.plain[:m]].max(initial=0))
         self.find_kinds()
@@ -316,6 +409,8 @@ class RowTable:
                 d.replay(generated, int(self.remaining[i]))
             else:
                 d.generated, d.remaining = generated, int(self.remaining[i])
+            if self.adjusted[i]:
+                self._give_history(i, d)
 
     def from_decoding(self, i: int) -> None:
         """Take a plain row's progress back from its decoding (a row with stops: its automaton reads the tokens
@@ -326,6 +421,8 @@ class RowTable:
             self.history[self.slot[i], : len(d.generated)] = d.generated
             self.count[i], self.remaining[i] = len(d.generated), d.remaining
             self._longest = max(self._longest, len(d.generated))
+            if self.adjusted[i]:
+                self._take_history(i, d)
             self.sent[i] = len(d.completion)
             if self.stop_state[i] >= 0:
                 start = self.stop_tables.start(d.scanner.stops)

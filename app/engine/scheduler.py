@@ -386,9 +386,15 @@ class Scheduler:
             at += 1
             table.next_forced[sent] = at
             settle = settle or bool((at == table.end_forced[sent]).any())
+        logits = decoder.logits
+        if table.adjusted_rows.size:  # a bias or penalties, all such rows at once; then the argmax or a draw
+            logits = table.adjust(logits)
+            rows, chosen = table.adjusted_greedy(logits)
+            tokens[rows] = chosen
+            sent = np.concatenate([sent, rows])
         sampled = table.sampled_rows  # drawn all at once, each by its own settings
         if sampled.size:
-            tokens[sampled] = table.sample(decoder.logits, self._rng)
+            tokens[sampled] = table.sample(logits, self._rng)
             sent = np.concatenate([sent, sampled])
         if table.per_row_rows.size:
             logits, chosen = decoder.logits, []
@@ -419,6 +425,7 @@ class Scheduler:
             and not table.sampled_rows.size
             and not table.stop_rows.size
             and not table.streamed_rows.size
+            and not table.adjusted_rows.size
             and not self._waiting
             and not self._tasks
             and not self._cancelled

@@ -405,3 +405,79 @@ def test_streamed_rows_in_the_arrays_send_their_text_in_pieces_and_never_part_of
         assert d.finish_reason == ("stop" if reason else "length")
         if max_batch == 64:
             assert 1 < len(pieces[f"s{k}"]) < len(completion) / 4  # coalesced, not a piece per character
+
+
+def penalised_greedy(loaded, prefix: str, n: int, sampler: Sampler) -> str:
+    """The rule written out, one forward pass over the whole text per token: CTRL's repetition penalty over the
+    tokens the prompt or the output holds, then count · frequency + (count > 0) · presence subtracted, then the
+    bias added (≤ -100 bans); the argmax, never <unk>."""
+    ids = loaded.vocab.encode(prefix).tolist()
+    out: list[int] = []
+    for _ in range(n):
+        with torch.inference_mode():
+            logits, _ = loaded.model(torch.tensor([ids + out]))
+        scores = logits[0, -1].clone()
+        r = sampler.repetition_penalty
+        for token in set(ids + out) if r != 1 else ():
+            scores[token] = scores[token] / r if scores[token] > 0 else scores[token] * r
+        for token in set(out):
+            scores[token] -= out.count(token) * sampler.frequency_penalty + sampler.presence_penalty
+        for token, bias in sampler.logit_bias:
+            scores[token] = -float("inf") if bias <= -100 else scores[token] + bias
+        scores[0] = -float("inf")
+        out.append(int(scores.argmax()))
+    return loaded.vocab.decode(out)
+
+
+ADJUSTED = {
+    "frequency": Sampler(frequency_penalty=1.0),
+    "presence": Sampler(presence_penalty=1.5),
+    "both": Sampler(frequency_penalty=0.4, presence_penalty=0.6),
+    "repetition": Sampler(repetition_penalty=1.8),
+    "bias": Sampler(logit_bias=((5, 3.5), (9, -100.0))),
+    "everything": Sampler(frequency_penalty=0.3, repetition_penalty=1.3, logit_bias=((7, 2.0), (12, -200.0))),
+    "sampled, one choice": Sampler(temperature=1.0, top_k=1, frequency_penalty=1.0, logit_bias=((5, 3.5),)),
+}
+
+
+@pytest.mark.parametrize("max_batch", [64, 2])  # all rows together; or two, rows put aside and stepped alone
+def test_rows_with_a_bias_or_penalties_are_adjusted_together_in_the_arrays_as_the_rule_says(
+    loaded, monkeypatch, max_batch
+):
+    own_choices = []
+    choose = Decoding.choose
+    monkeypatch.setattr(Decoding, "choose", lambda d, logits: own_choices.append(d) or choose(d, logits))
+    engine = Engine(loaded, max_batch=max_batch)
+    prompts = ["ROMEO:\n", "All:\nSpeak, speak", "KING"]
+    cases = [(f"{name} {k}", p, s) for name, s in ADJUSTED.items() for k, p in enumerate(prompts)]
+    for j, (name, prompt, sampler) in enumerate(cases):
+        if j == len(cases) // 2:
+            engine.run(15)  # half join later, while the others run
+        group = "first" if j < len(cases) // 2 else "second"
+        engine.submit(name, prompt, 50, [sampler], group=group)
+        engine.submit(f"plain {j}", prompt, 50, group=group)  # greedy rows beside them keep their shared argmax
+    if max_batch == 64:
+        engine.run(3)
+        assert engine.scheduler._table.adjusted_rows.size > 0
+    engine.run()
+    for name, prompt, sampler in cases:
+        assert engine.done[name][0] == penalised_greedy(loaded, prompt, 50, sampler), name
+    for j, (_, prompt, _) in enumerate(cases):
+        assert_greedy(loaded, prompt, engine.done[f"plain {j}"][0])
+    if max_batch == 64:  # every choice made by the batch (with 2, rows left alone choose their own)
+        assert own_choices == []
+    else:
+        assert engine.scheduler.rows_put_aside > 0
+
+
+def test_a_sampled_row_with_a_ban_never_draws_the_banned_token(loaded):
+    banned = loaded.vocab.encode("e")[0].item()
+    engine = Engine(loaded)
+    for k in range(6):
+        engine.submit(
+            f"s{k}", "ROMEO:\n", 150, [Sampler(temperature=1.5, presence_penalty=0.2, logit_bias=((banned, -100.0),))]
+        )
+    engine.run()
+    texts = [engine.done[f"s{k}"][0] for k in range(6)]
+    assert all(len(t) == 150 and "e" not in t for t in texts)
+    assert len(set(texts)) > 1  # drawn: not one text six times
