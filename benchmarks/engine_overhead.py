@@ -12,7 +12,8 @@ where bursts beat single steps. Kinds of rows:
 - ``sampled``: temperature 0.8, top-p 0.95, no seed (drawn for all such rows at once; before that, per row);
 - ``seeded``: the same with a seed per row (a :class:`Decoding` and generator per row);
 - ``penalised``: greedy with a frequency and a presence penalty and a logit bias (adjusted for all such rows at
-  once in the batch's arrays; before that, per row).
+  once in the batch's arrays; before that, per row);
+- ``logprobs``: greedy, each token's log-probability and its 5 likeliest alternatives (OpenAI's ``logprobs: 5``).
 
     python benchmarks/engine_overhead.py [--rows 64 512 1024] [--steps 200] [--repeats 5] [--device cpu]
                                          [--weights weights/rnn.safetensors]   # a real model instead of H = 8
@@ -46,6 +47,7 @@ KINDS = {
     "sampled": (Sampler(temperature=0.8, top_p=0.95), []),
     "seeded": (Sampler(temperature=0.8, top_p=0.95, seed=0), []),
     "penalised": (Sampler(frequency_penalty=0.5, presence_penalty=0.3, logit_bias=((3, 2.0), (5, -100.0))), []),
+    "logprobs": (Sampler(), [], 5),
 }
 
 
@@ -65,12 +67,12 @@ def sync(device: str) -> None:
 def scheduler_turns(model, vocab, rows: int, kind: str, steps: int, device: str) -> tuple[float, int]:
     """Seconds per batch step of scheduler turns with ``rows`` rows of ``kind``, all joined and running (a turn
     may run several steps: a burst on CUDA); and the steps replayed from graphs."""
-    sampler, stops = KINDS[kind]
+    sampler, stops, *logprobs = KINDS[kind]
     scheduler = Scheduler(model, None, rows, rows, 256, 512)
     ids = vocab.encode("The ")
     for i in range(rows):
         s = Sampler(**{**sampler.__dict__, "seed": i}) if sampler.seed is not None else sampler
-        d = Decoding("The ", vocab, 10**6, s, stops, None)  # no row ends while timed
+        d = Decoding("The ", vocab, 10**6, s, stops, *(logprobs or [None]))  # no row ends while timed
         job = GenerationJob(on_done=lambda result, error: None, text="The ", ids=ids, decodings=[d])
         scheduler.submit(job)
     for _ in range(20):  # admission, the prompts read as forced rows, the forks: then every row generates

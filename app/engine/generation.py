@@ -17,7 +17,7 @@ from model import Vocab
 from model.decode import StepDecoder
 from model.sampling import Sampler, log_probs, top_log_probs
 
-__all__ = ["Decoding"]
+__all__ = ["Decoding", "token_infos"]
 
 
 class Decoding:
@@ -87,9 +87,9 @@ class Decoding:
             logits = decoder.step(token)
         return logits
 
-    def accept(self, token: int, logits: torch.Tensor | None) -> bool:
-        """Record ``token`` (chosen from ``logits``, needed only for logprobs); True once the sequence is
-        finished."""
+    def accept(self, token: int, logits: torch.Tensor | None, info: TokenInfo | None = None) -> bool:
+        """Record ``token`` (chosen from ``logits``, needed only for logprobs — or its ``info`` made already,
+        with the batch's other rows': :func:`token_infos`); True once the sequence is finished."""
         self.generated.append(token)
         self.remaining -= 1
         if self.counts is not None:
@@ -102,7 +102,7 @@ class Decoding:
             return self.done
         char = self.vocab.tokens[token]
         if self.top_logprobs is not None:
-            self.tokens.append(self._token_info(char, token, logits))
+            self.tokens.append(info if info is not None else self._token_info(char, token, logits))
         released = self.scanner.feed(char) if len(self.generated) > self.min_tokens else char
         if self.scanner.stopped:
             self.finish_reason = "stop"
@@ -165,3 +165,21 @@ class Decoding:
     def text_read(self) -> str:
         """The prefix and every generated character: what the sequence's state has read."""
         return self.prefix + self.generated_text
+
+
+def token_infos(decodings: list[Decoding], logits: torch.Tensor, tokens: list[int]) -> list[TokenInfo]:
+    """Each decoding's :class:`TokenInfo` for its chosen token (``tokens[j]``) from its row of ``logits`` (k, V),
+    as :meth:`Decoding._token_info` makes one: one log-softmax and one top-k for all the rows."""
+    scores = log_probs(logits)
+    chosen = scores.gather(1, torch.tensor(tokens, device=scores.device)[:, None])[:, 0].tolist()
+    most = max(d.top_logprobs for d in decodings)
+    values, indices = top_log_probs(scores, most) if most else (None, None)
+    values, indices = (values.tolist(), indices.tolist()) if most else (None, None)
+    infos = []
+    for j, (d, token) in enumerate(zip(decodings, tokens)):
+        top = None
+        if d.top_logprobs:
+            names = d.vocab.tokens
+            top = {names[i]: v for i, v in zip(indices[j][: d.top_logprobs], values[j][: d.top_logprobs])}
+        infos.append(TokenInfo(d.vocab.tokens[token], chosen[j], top))
+    return infos

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from app.engine.generation import token_infos
 from app.engine.jobs import GenerationJob, Job, QueueFull, TaskJob
 from app.engine.prefix_cache import PrefixCache
 from app.engine.rows import Row, RowTable
@@ -397,13 +398,20 @@ class Scheduler:
             tokens[sampled] = table.sample(logits, self._rng)
             sent = np.concatenate([sent, sampled])
         if table.per_row_rows.size:
-            logits, chosen = decoder.logits, []
-            for i in table.per_row_rows.tolist():
-                d = table.rows[i].decoding
+            logits, chosen, rows = decoder.logits, [], table.per_row_rows.tolist()
+            decodings = [table.rows[i].decoding for i in rows]
+            for i, d in zip(rows, decodings):
                 if not d.greedy and not d.batch_sampled:
                     tokens[i] = d.choose(logits[i])
                     chosen.append(i)
-                if d.accept(int(tokens[i]), logits[i] if d.top_logprobs is not None else None):
+            infos = dict.fromkeys(rows)  # the logprobs of every row that wants them, made at once
+            wanting = [(i, d) for i, d in zip(rows, decodings) if d.top_logprobs is not None]
+            if wanting:
+                index = [i for i, _ in wanting]
+                made = token_infos([d for _, d in wanting], logits[index], tokens[index].tolist())
+                infos.update(zip(index, made))
+            for i, d in zip(rows, decodings):
+                if d.accept(int(tokens[i]), None, infos[i]):
                     settle = True
             if chosen:
                 sent = np.concatenate([sent, np.array(chosen, dtype=np.int64)])

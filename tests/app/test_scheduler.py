@@ -481,3 +481,40 @@ def test_a_sampled_row_with_a_ban_never_draws_the_banned_token(loaded):
     texts = [engine.done[f"s{k}"][0] for k in range(6)]
     assert all(len(t) == 150 and "e" not in t for t in texts)
     assert len(set(texts)) > 1  # drawn: not one text six times
+
+
+def test_logprobs_made_for_all_rows_at_once_are_the_model_s_own_for_each_row(loaded):
+    """Rows wanting logprobs (k = 0, 1, 5, 20; greedy, seeded, with a stop) beside rows that do not: every token's
+    log-probability and its k likeliest alternatives are log-softmax of the model's forward pass over the text."""
+    engine = Engine(loaded)
+    cases = []
+    for j, (k, sampler) in enumerate(
+        [(0, Sampler()), (1, Sampler(temperature=0.9, seed=3)), (5, Sampler()), (20, Sampler())]
+    ):
+        for prompt in ["ROMEO:\n", "All:\nSpeak"]:
+            name = f"k{k} {prompt!r}"
+            ids = loaded.vocab.encode(prompt)
+            d = Decoding(prompt, loaded.vocab, 40, sampler, ["@@"] if j % 2 else [], k, prefix_ids=ids)
+            engine.decodings[name] = [d]
+            engine.scheduler.submit(
+                GenerationJob(on_done=lambda result, error: None, text=prompt, ids=ids, decodings=[d])
+            )
+            cases.append((name, prompt, k))
+        engine.submit(f"plain {j}", "KING", 40)
+    engine.run()
+    vocab = loaded.vocab.tokens
+    for name, prompt, k in cases:
+        (d,) = engine.decodings[name]
+        assert len(d.completion) == 40 and len(d.tokens) == 40
+        ids = loaded.vocab.encode(prompt + d.completion)
+        with torch.inference_mode():
+            scores = torch.log_softmax(loaded.model(ids[None, :-1])[0][0], dim=-1)
+        for i, info in enumerate(d.tokens):
+            row, token = scores[len(prompt) - 1 + i], ids[len(prompt) + i]
+            assert info.text == vocab[token] and info.logprob == pytest.approx(float(row[token]), abs=1e-4)
+            if k == 0:
+                assert info.top is None
+            else:
+                values, indices = row.topk(k)
+                assert list(info.top) == [vocab[t] for t in indices.tolist()]
+                assert list(info.top.values()) == pytest.approx(values.tolist(), abs=1e-4)
